@@ -1,0 +1,330 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * format.h - the on-segment format of a kvshm store and the protocol that
+ * keeps it consistent. Owns every struct that lives in shared memory; owns no
+ * code. Everything here is read by processes that may be running another
+ * build of the library, so it changes only with KVSHM_LAYOUT_VERSION.
+ *
+ * SEGMENT LAYOUT
+ *
+ *   offset            size                 what
+ *   0                 4096                 struct kv__header (one page)
+ *   stats_off         KV_STAT_SHARDS*128   struct kv__stat_shard[]
+ *   lanes_off         nlanes*128           struct kv__lane[]
+ *   cleaner_off       128                  struct kv__cleaner
+ *   stripes_off       nstripes*256         struct kv__stripe[]
+ *   segtab_off        nsegs*64             struct kv__segment[]
+ *   index_off         nbuckets*64          struct kv__bucket[]
+ *   data_off          nsegs*segment_bytes  items, in allocation segments
+ *
+ * Every offset is from the start of the mapping and every region is 64-byte
+ * aligned (data_off is page aligned). The mapping is arena_bytes long and
+ * never grows. No pointer is ever stored in the segment.
+ *
+ * THE INDEX. nbuckets buckets of 64 bytes (one cache line) each: a meta word
+ * (48-bit sequence number, 16-bit overflow count) and KV_BUCKET_SLOTS slot
+ * words. A slot word is 0 (empty) or
+ *     bits 63..49  tag: 15 bits of the key's hash, to skip most non-matches
+ *     bit  48      visited: set by a reader on a hit (eviction second chance)
+ *     bits 47..0   the item's offset in the mapping, in 16-byte units
+ * A key's hash picks its home bucket. The buckets are split into nstripes
+ * contiguous stripes of stripe_buckets each, one robust mutex per stripe. A
+ * key lives in its home bucket or, when that is full, in one of the next
+ * KV_MAX_PROBE-1 buckets of the same stripe (wrapping inside the stripe), so
+ * one stripe lock covers everything about one key. The home bucket's
+ * overflow count says how many of its keys live further on; a lookup that
+ * misses in the home bucket stops there when the count is 0.
+ *
+ * ITEMS. An item is a 40-byte struct kv__item, the key, then the value
+ * (counters keep their value in the header), padded to 16 bytes. Once
+ * published an item's key, value, lengths, kind and flags never change;
+ * only expires_at (kvshm_expire, under the stripe lock) and, for counters,
+ * the {version, cvalue} pair (16-byte CAS, lock-free) do. A write of a key
+ * makes a new item and swaps the slot word; the old item becomes garbage.
+ *
+ * ALLOCATION. The data area is cut into nsegs allocation segments of
+ * segment_bytes (at least one maximal item). Writers append items to the
+ * segment their lane owns (state OPEN) under the lane's mutex. A lane whose
+ * segment is full seals it and takes a FREE or PARTIAL segment, under the
+ * cleaner mutex. When none is left, the cleaner reclaims one: it picks a
+ * sealed segment with little live data (garbage first), and for each item
+ * in it that the index still links: drops it if expired, moves it to the
+ * cleaner's destination segment if it was read since it was written (or if
+ * the store may not evict), else evicts it. Then the victim is empty and
+ * becomes the cleaner's next RESERVE, and the destination (partly filled)
+ * becomes PARTIAL for the lanes. Whether an item is live is never stored
+ * in the item: it is live exactly when a slot word points at it.
+ *
+ * VERSIONS. A version is [frozen:1][creation id:51][writes:12]. A creation
+ * id is (stripe's vseq << 16 | stripe index), unique for 2^35 creations per
+ * stripe. A lock-free incr adds 1 to the writes field; at 4095 it takes the
+ * locked path, which makes a new item with a new creation id. So a version
+ * is never handed out twice (until a stripe wraps 2^35 creations).
+ *
+ * READER ALGORITHM (get, exists, ttl, counter; no lock, no shared store)
+ *   1. s0 = bucket.meta (acquire); odd sequence -> retry.
+ *   2. For each slot whose tag matches: read the offset once, bound it to the
+ *      data area; read klen, vlen, kind once, bound them by the store's
+ *      maxima and the mapping; compare the key; copy the value (at most the
+ *      caller's buffer); read expires_at, version, cvalue.
+ *   3. Acquire fence; s1 = bucket.meta. s1 == s0: everything read in 2 is
+ *      consistent, because memory is reused only after its slot word is
+ *      cleared, and clearing a slot bumps the sequence first (release). For
+ *      counters, also version before == version after the value read.
+ *   4. Up to KV_READ_RETRIES retries, then the same lookup under the stripe
+ *      lock (read-only handles keep retrying with backoff instead).
+ *   A hit sets the slot's visited bit with a CAS when it is clear; nothing
+ *   else is written.
+ *
+ * LOCKS AND ORDER. Robust, process-shared pthread mutexes: one per stripe,
+ * one per lane, one for the cleaner. A thread holds at most two, in this
+ * order: lane -> stripe (a write that allocates), lane -> cleaner (a lane
+ * taking a new segment), cleaner -> stripe (reclaiming). Stripes are never
+ * nested, and lane and cleaner are never both held while taking a stripe.
+ * Waits are timed (100 ms slices, 5 s in all) so a lost wake-up cannot hang
+ * anybody.
+ *
+ * RECOVERY (what kill -9 leaves behind, and who repairs it)
+ *   stripe: every multi-word change is announced in the stripe's intent
+ *     record before the first store. The next owner (EOWNERDEAD) undoes an
+ *     unpublished change or completes a published one, makes the bucket
+ *     sequence even, verifies the stripe, then calls
+ *     pthread_mutex_consistent(). A stripe that does not verify is
+ *     quarantined: its mutex is left unrecoverable and operations on it
+ *     return -ENOTRECOVERABLE.
+ *   lane: only its segment's `used` cursor matters, advanced by one store
+ *     after the item bytes are written; the repair re-validates the lane's
+ *     segment. A half-written item past `used` is overwritten later.
+ *   cleaner: segment states are changed one store at a time in an order
+ *     that the repair can finish (see alloc.c); an interrupted reclaim is
+ *     resumed by the next reclaim, which is idempotent item by item.
+ *   counters that summarise (live_hint, statistics) are hints, updated after
+ *     the fact with atomic adds; a crash can leave them slightly off. The
+ *     per-stripe items/bytes totals are exact: they are set from values
+ *     computed before the change and recorded in the intent.
+ */
+#ifndef KVSHM_FORMAT_H
+#define KVSHM_FORMAT_H
+
+#include <pthread.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define KV_MAGIC UINT64_C(0x314d48535643564b) /* "KVCSHM1" little-endian */
+#define KV_LAYOUT 1u
+#define KV_CACHELINE 64u
+#define KV_HEADER_BYTES 4096u
+
+#define KV_BUCKET_SLOTS 7u
+#define KV_MAX_PROBE 4u          /* buckets a key may live in */
+#define KV_STAT_SHARDS 64u
+#define KV_MAX_LANES 8u
+#define KV_MAX_STRIPES 65536u
+#define KV_STRIPE_BUCKETS 256u   /* target buckets per stripe */
+#define KV_MIN_SEGMENTS 4u
+#define KV_MAX_SEGMENTS 65536u
+#define KV_ITEM_ALIGN 16u
+#define KV_READ_RETRIES 64u
+
+/* slot words */
+#define KV_SLOT_OFF_MASK ((UINT64_C(1) << 48) - 1)
+#define KV_SLOT_VISITED (UINT64_C(1) << 48)
+#define KV_SLOT_TAG_SHIFT 49
+#define KV_SLOT_TAG_MASK UINT64_C(0x7fff)
+
+/* bucket meta word */
+#define KV_META_SEQ_MASK ((UINT64_C(1) << 48) - 1)
+#define KV_META_OVF_SHIFT 48
+
+/* versions */
+#define KV_VER_FROZEN (UINT64_C(1) << 63)
+#define KV_VER_WRITES_MASK UINT64_C(0xfff)
+#define KV_VER_ID_SHIFT 12
+
+/* item kinds; 0 never appears in a written header */
+#define KV_KIND_BYTES 1u
+#define KV_KIND_COUNTER 2u
+
+/* segment states */
+enum kv__seg_state {
+	KV_SEG_FREE = 0,  /* empty, available to lanes */
+	KV_SEG_PARTIAL,   /* has live items and a free tail, available to lanes */
+	KV_SEG_OPEN,      /* a lane appends to it; owner = lane index */
+	KV_SEG_SEALED,    /* full; only the cleaner empties it */
+	KV_SEG_DRAINING,  /* the cleaner is emptying it */
+	KV_SEG_DEST,      /* the cleaner moves items into it */
+	KV_SEG_RESERVE,   /* empty, kept for the cleaner's next destination */
+	KV_SEG_NSTATES
+};
+
+/* intent record states and operations */
+#define KV_INTENT_NONE 0u
+#define KV_INTENT_ARMED 0x41524d44u /* "ARMD" */
+enum kv__intent_op {
+	KV_OP_PUBLISH = 1, /* slot: old_word -> new_word (new_word 0 = unlink) */
+	KV_OP_PURGE,       /* empty every bucket of the stripe (after clear) */
+};
+
+/*
+ * The header: page 0. Written once by the creator before `magic` is
+ * published (release); read-only afterwards except the fields marked
+ * otherwise.
+ */
+struct kv__header {
+	_Atomic uint64_t magic;   /* KV_MAGIC, stored last at creation (release);
+	                             attachers load it (acquire) */
+	uint32_t layout;          /* KV_LAYOUT */
+	uint32_t header_bytes;    /* KV_HEADER_BYTES */
+	uint64_t abi;             /* kv__abi_fingerprint() of the creator */
+	uint64_t arena_bytes;
+	uint64_t created_at_ms;
+	uint64_t hash_seed[2];    /* SipHash key, from getrandom() */
+	uint64_t pidns_dev, pidns_ino; /* creator's /proc/self/ns/pid */
+	/* creation parameters */
+	uint64_t max_items;
+	uint64_t default_ttl_ms;
+	uint32_t max_key_bytes;
+	uint32_t max_value_bytes;
+	uint32_t flags;           /* KVSHM_NOEVICT */
+	uint32_t nlanes;
+	uint32_t nstripes;        /* power of two */
+	uint32_t stripe_buckets;  /* power of two */
+	uint32_t nsegs;
+	uint32_t pad0;
+	uint64_t nbuckets;        /* nstripes * stripe_buckets */
+	uint64_t segment_bytes;
+	/* region offsets */
+	uint64_t stats_off, lanes_off, cleaner_off, stripes_off, segtab_off;
+	uint64_t index_off, data_off;
+	uint64_t header_check;    /* kv__header_check() over the fields above */
+
+	/* mutable, own cache line: written by kvshm_clear() (atomic add,
+	 * release) and read by every operation (acquire) */
+	alignas(KV_CACHELINE) _Atomic uint64_t clear_gen;
+	/* mutable, own cache line: kvshm_sweep()'s resume point (relaxed; any
+	 * value is a valid place to resume) */
+	alignas(KV_CACHELINE) _Atomic uint64_t sweep_pos;
+};
+
+/* One shard of the statistics. A thread adds to the shard picked by its
+ * thread index (relaxed fetch_add: counts need no ordering), so the shards
+ * are not lines that every process writes. kvshm_stats() sums them. */
+enum kv__stat {
+	KV_ST_HITS, KV_ST_MISSES, KV_ST_SETS, KV_ST_DELETES, KV_ST_INCRS,
+	KV_ST_EVICTIONS, KV_ST_EXPIRED, KV_ST_EXPIRED_SWEPT, KV_ST_CLEARS,
+	KV_ST_FAIL_NOSPACE, KV_ST_FAIL_INDEX_FULL, KV_ST_FAIL_TOO_BIG,
+	KV_ST_SEGS_RECLAIMED, KV_ST_RELOCATED, KV_ST_LOCK_CONTENDED,
+	KV_ST_LOCK_RECOVERIES, KV_ST_READ_RETRIES, KV_ST_READ_FALLBACKS,
+	KV_ST_COUNT
+};
+struct kv__stat_shard {
+	alignas(KV_CACHELINE) _Atomic uint64_t v[KV_ST_COUNT];
+};
+
+/* A lane: where one writer at a time appends items. seg is changed only
+ * while holding both this mutex and the cleaner's (see alloc.c). */
+struct kv__lane {
+	alignas(KV_CACHELINE) pthread_mutex_t mutex;
+	_Atomic uint32_t seg;     /* OPEN segment index, or KV_NO_SEG */
+};
+#define KV_NO_SEG UINT32_MAX
+
+/* The cleaner: serialises segment state changes and reclaiming. */
+struct kv__cleaner {
+	alignas(KV_CACHELINE) pthread_mutex_t mutex;
+	uint32_t hand;            /* next segment to consider (under mutex) */
+	uint32_t pad;
+};
+
+/* The record of a stripe's change in progress; see RECOVERY above. All
+ * fields are written under the stripe mutex before state is set to ARMED
+ * (release), and only read by a later owner of the mutex. The repair needs
+ * nothing else: it resolves this one slot, then recounts the stripe. */
+struct kv__intent {
+	_Atomic uint32_t state;   /* KV_INTENT_NONE or KV_INTENT_ARMED */
+	uint32_t op;              /* enum kv__intent_op */
+	uint64_t bucket;          /* bucket index of the slot */
+	uint32_t slot;            /* slot in bucket */
+	uint32_t pad;
+	uint64_t old_word;        /* slot before (visited bit ignored) */
+	uint64_t new_word;        /* slot after, 0 = unlink */
+};
+
+/* A lock stripe: a mutex and the buckets [i*stripe_buckets, (i+1)*...). */
+struct kv__stripe {
+	alignas(KV_CACHELINE) pthread_mutex_t mutex;
+	uint64_t items;           /* items linked from this stripe (mutex) */
+	uint64_t bytes;           /* their sizes, headers and padding (mutex) */
+	uint64_t vseq;            /* creation ids handed out (mutex) */
+	_Atomic uint64_t wseq;    /* bumped at the end of every locked change
+	                             (release), so a read-only checker can tell
+	                             it raced a writer (acquire) */
+	alignas(KV_CACHELINE) struct kv__intent intent; /* (mutex) */
+	/* read by every lookup, so on a line writers rarely touch: the
+	 * clear_gen this stripe's buckets belong to. Lower than the header's
+	 * clear_gen means "logically empty; purge before use". Stored under the
+	 * mutex (release), read lock-free (acquire). */
+	alignas(KV_CACHELINE) _Atomic uint64_t gen;
+};
+
+/* The allocation segment table. state, owner and (except as below) used
+ * are written under the cleaner mutex. The lane that owns an OPEN segment
+ * advances `used` under its lane mutex (release) after writing the item
+ * bytes below it; the cleaner reads it (acquire) only after the segment is
+ * sealed, which happens under both mutexes. live_hint and max_expiry are
+ * hints (relaxed atomic adds and max), used to choose what to reclaim. */
+struct kv__segment {
+	_Atomic uint32_t state;   /* enum kv__seg_state */
+	_Atomic uint32_t owner;   /* lane index when OPEN */
+	_Atomic uint64_t used;    /* bytes of items written from the start */
+	_Atomic int64_t live_hint; /* approx. bytes of linked items */
+	_Atomic int64_t max_expiry; /* latest expiry of an item written into it,
+	                             INT64_MAX if one never expires */
+	uint64_t pad[4];
+};
+
+struct kv__bucket {
+	_Atomic uint64_t meta;    /* seq (48) | overflow count (16); stored under
+	                             the stripe mutex, read lock-free (acquire) */
+	_Atomic uint64_t slot[KV_BUCKET_SLOTS]; /* stored under the stripe
+	                             mutex (release); visited bit CAS'd by
+	                             readers */
+};
+
+struct kv__item {
+	_Atomic int64_t expires_at; /* Unix ms, 0 = never */
+	uint32_t vlen;            /* value bytes after the key (0 for counters) */
+	uint16_t klen;
+	uint8_t kind;             /* KV_KIND_*, written before `used` advances */
+	uint8_t pad;
+	_Atomic uint64_t version; /* at 16: {version, cvalue} is one 16-byte
+	                             CAS for counters */
+	_Atomic uint64_t cvalue;  /* counter value (int64 bits) */
+	uint32_t uflags;          /* user flags */
+	uint32_t hash32;          /* high 32 bits of the key hash: picks the home
+	                             bucket without rehashing */
+	/* key[klen], then value[vlen], then padding to KV_ITEM_ALIGN */
+};
+#define KV_ITEM_HDR 40u
+
+_Static_assert(sizeof(struct kv__header) <= KV_HEADER_BYTES, "header");
+_Static_assert(sizeof(struct kv__stat_shard) == 3 * KV_CACHELINE, "shard");
+_Static_assert(sizeof(struct kv__lane) <= 128, "lane");
+_Static_assert(sizeof(struct kv__cleaner) <= 128, "cleaner");
+_Static_assert(sizeof(struct kv__stripe) <= 256, "stripe");
+_Static_assert(sizeof(struct kv__segment) == 64, "segment");
+_Static_assert(sizeof(struct kv__bucket) == KV_CACHELINE, "bucket");
+_Static_assert(sizeof(struct kv__item) == KV_ITEM_HDR, "item header");
+_Static_assert(offsetof(struct kv__item, version) == 16, "cas pair");
+_Static_assert(offsetof(struct kv__item, cvalue) == 24, "cas pair");
+_Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics lock-free");
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics lock-free");
+
+#define KV_STATS_BYTES (KV_STAT_SHARDS * sizeof(struct kv__stat_shard))
+#define KV_LANE_BYTES 128u
+#define KV_CLEANER_BYTES 128u
+#define KV_STRIPE_BYTES 256u
+
+#endif /* KVSHM_FORMAT_H */

@@ -1,0 +1,256 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * internal.h - the handle and the functions the shm/ modules share. Nothing
+ * here is public; public names start with kvshm_, internal ones with kv__.
+ */
+#ifndef KVSHM_INTERNAL_H
+#define KVSHM_INTERNAL_H
+
+#include "format.h"
+#include "kvshm.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <string.h>
+
+#ifdef KVSHM_TESTING
+void kv__crashpoint(void);
+#define KV_CRASHPOINT() kv__crashpoint()
+#else
+#define KV_CRASHPOINT() ((void)0)
+#endif
+
+#if defined(__SANITIZE_THREAD__)
+#define KV_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define KV_TSAN 1
+#endif
+#endif
+#ifndef KV_TSAN
+#define KV_TSAN 0
+#endif
+
+#define KV_LIKELY(x) __builtin_expect(!!(x), 1)
+#define KV_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/*
+ * An attached store. The geometry is read from the header once at attach,
+ * validated, and kept here, so no operation re-reads (and re-trusts) it from
+ * shared memory. Everything in this struct is immutable after kvshm_open(),
+ * so threads share a handle without locking.
+ */
+struct kvshm {
+	uint8_t *base;            /* the mapping */
+	size_t map_bytes;
+	bool rdonly;
+	bool noevict;
+
+	uint64_t seed[2];
+	uint32_t max_key, max_value;
+	uint64_t default_ttl_ms;
+	uint32_t nlanes, nstripes, stripe_buckets, stripe_shift, nsegs;
+	uint64_t nbuckets, segment_bytes, data_bytes, max_items;
+
+	struct kv__header *hdr;
+	struct kv__stat_shard *stats;
+	struct kv__lane *lanes;
+	struct kv__cleaner *cleaner;
+	struct kv__stripe *stripes;
+	struct kv__segment *segs;
+	struct kv__bucket *buckets;
+	uint8_t *data;            /* base + data_off */
+	uint64_t data_off;
+};
+
+/* ---- geometry helpers ---- */
+
+static inline uint64_t kv__align(uint64_t x, uint64_t a)
+{
+	return (x + a - 1) & ~(a - 1);
+}
+
+/* Bytes an item occupies in a segment. */
+static inline uint64_t kv__item_size(size_t klen, size_t vlen, unsigned kind)
+{
+	return kv__align(KV_ITEM_HDR + klen + (kind == KV_KIND_COUNTER ? 0 : vlen),
+			 KV_ITEM_ALIGN);
+}
+
+static inline uint64_t kv__home_bucket(const struct kvshm *kv, uint32_t hash32)
+{
+	return ((uint64_t)hash32 * kv->nbuckets) >> 32;
+}
+
+static inline uint32_t kv__stripe_of(const struct kvshm *kv, uint64_t bucket)
+{
+	return (uint32_t)(bucket >> kv->stripe_shift);
+}
+
+/* The i-th bucket of home's probe window (wraps inside the stripe). */
+static inline uint64_t kv__probe(const struct kvshm *kv, uint64_t home,
+				 unsigned i)
+{
+	uint64_t first = home & ~(uint64_t)(kv->stripe_buckets - 1);
+	return first + ((home - first + i) & (kv->stripe_buckets - 1));
+}
+
+static inline uint64_t kv__slot_word(uint64_t hash, uint64_t off)
+{
+	return ((hash & KV_SLOT_TAG_MASK) << KV_SLOT_TAG_SHIFT) |
+	       (off / KV_ITEM_ALIGN);
+}
+
+static inline uint64_t kv__slot_off(uint64_t word)
+{
+	return (word & KV_SLOT_OFF_MASK) * KV_ITEM_ALIGN;
+}
+
+static inline bool kv__slot_tag_matches(uint64_t word, uint64_t hash)
+{
+	return (word >> KV_SLOT_TAG_SHIFT) == (hash & KV_SLOT_TAG_MASK);
+}
+
+/* Is [off, off+len) inside the data area? */
+static inline bool kv__in_data(const struct kvshm *kv, uint64_t off,
+			       uint64_t len)
+{
+	return off >= kv->data_off && off % KV_ITEM_ALIGN == 0 &&
+	       len <= kv->map_bytes && off <= kv->map_bytes - len;
+}
+
+/* Segment index holding data offset off (which must be in the data area). */
+static inline uint32_t kv__seg_of(const struct kvshm *kv, uint64_t off)
+{
+	return (uint32_t)((off - kv->data_off) / kv->segment_bytes);
+}
+
+static inline struct kv__item *kv__item_at(const struct kvshm *kv,
+					   uint64_t off)
+{
+	return (struct kv__item *)(void *)(kv->base + off);
+}
+
+/* ---- hash.c ---- */
+uint64_t kv__siphash13(const uint64_t key[2], const void *data, size_t len);
+
+static inline uint64_t kv__hash(const struct kvshm *kv, const void *key,
+				size_t klen)
+{
+	return kv__siphash13(kv->seed, key, klen);
+}
+
+/* ---- clock (stats.c) ---- */
+int64_t kv__now_ms(void);
+uint64_t kv__mono_ns(void);
+
+/* ---- stats.c ---- */
+void kv__stat_add(struct kvshm *kv, enum kv__stat which, uint64_t n);
+static inline void kv__stat_inc(struct kvshm *kv, enum kv__stat which)
+{
+	kv__stat_add(kv, which, 1);
+}
+
+/* ---- lock.c ---- */
+typedef int (*kv__repair_fn)(struct kvshm *kv, void *what);
+int kv__mutex_init(pthread_mutex_t *m);
+int kv__lock(struct kvshm *kv, pthread_mutex_t *m, kv__repair_fn repair,
+	     void *what);
+int kv__trylock(struct kvshm *kv, pthread_mutex_t *m, kv__repair_fn repair,
+		void *what);
+void kv__unlock(pthread_mutex_t *m);
+
+/* ---- index.c ---- */
+
+/* Where a key was found, or where it could go (word 0). */
+struct kv__hit {
+	uint64_t bucket;          /* bucket of the slot */
+	unsigned slot;
+	uint64_t word;            /* slot word as read */
+	uint64_t off;             /* item offset */
+	int64_t expires_at;
+	uint64_t version;         /* without the frozen bit */
+	uint64_t cvalue;
+	uint32_t vlen;
+	uint32_t uflags;
+	uint8_t kind;
+};
+
+/* What a lookup needs to know about the key. */
+struct kv__key {
+	const void *ptr;
+	size_t len;
+	uint64_t hash;
+	uint64_t home;
+	uint32_t stripe;
+};
+
+/* Options of kv__swap_slot(). */
+struct kv__swap {
+	bool check_cas;           /* old item's version must be cas */
+	uint64_t cas;
+	struct kv__item *carry;   /* new item that takes the old counter's
+	                             value + carry_delta once it is frozen */
+	int64_t carry_delta;
+	bool carry_version;       /* ... and its version (a move, not a write) */
+};
+
+void kv__key_init(const struct kvshm *kv, struct kv__key *k, const void *key,
+		  size_t klen);
+bool kv__stripe_is_current(struct kvshm *kv, uint32_t stripe);
+int kv__stripe_lock(struct kvshm *kv, uint32_t stripe);
+void kv__stripe_unlock(struct kvshm *kv, uint32_t stripe);
+bool kv__is_expired(int64_t expires_at, int64_t *now);
+uint64_t kv__item_bytes(const struct kvshm *kv, const struct kv__item *it);
+bool kv__slot_sane(struct kvshm *kv, uint64_t b, uint64_t w, uint64_t *home,
+		   uint64_t *size);
+void kv__hit_fill(struct kvshm *kv, struct kv__hit *hit, uint64_t b,
+		  unsigned slot, uint64_t word);
+bool kv__find_locked(struct kvshm *kv, const struct kv__key *k,
+		     struct kv__hit *hit);
+int kv__read(struct kvshm *kv, const struct kv__key *k, void *buf,
+	     size_t buflen, struct kv__hit *hit);
+void kv__mark_visited(struct kvshm *kv, const struct kv__hit *hit);
+uint64_t kv__new_version(struct kvshm *kv, uint32_t stripe);
+int kv__counter_add(struct kvshm *kv, uint64_t off, int64_t delta,
+		    int64_t *result);
+int kv__freeze(struct kvshm *kv, struct kv__hit *hit, bool check_cas,
+	       uint64_t cas);
+void kv__unfreeze(struct kvshm *kv, uint64_t off);
+int kv__swap_slot(struct kvshm *kv, uint32_t stripe, struct kv__hit *at,
+		  uint64_t home, uint64_t new_word, int64_t items_delta,
+		  int64_t bytes_delta, const struct kv__swap *o);
+void kv__drop(struct kvshm *kv, uint32_t stripe, struct kv__hit *hit,
+	      enum kv__stat why);
+int kv__place(struct kvshm *kv, const struct kv__key *k, bool may_evict,
+	      struct kv__hit *where);
+int kv__stripe_repair(struct kvshm *kv, void *what);
+void kv__purge_stripe(struct kvshm *kv, uint32_t stripe);
+
+/* ---- alloc.c ---- */
+struct kv__alloc {
+	uint32_t lane;            /* lane held */
+	uint64_t off;             /* where the item was written */
+	uint64_t size;
+};
+int kv__alloc_item(struct kvshm *kv, const struct kv__key *k, const void *val,
+		   size_t vlen, unsigned kind, bool may_evict,
+		   struct kv__alloc *a);
+void kv__alloc_done(struct kvshm *kv, const struct kv__alloc *a);
+int kv__lane_repair(struct kvshm *kv, void *what);
+int kv__reclaim(struct kvshm *kv, bool may_evict, uint64_t need);
+int kv__cleaner_repair(struct kvshm *kv, void *what);
+void kv__live_add(struct kvshm *kv, uint64_t off, int64_t bytes);
+void kv__note_expiry(struct kvshm *kv, uint64_t off, int64_t expires_at);
+uint64_t kv__largest_free(struct kvshm *kv, uint64_t *free_segs,
+			  uint64_t *free_bytes);
+
+/* ---- segment.c ---- */
+uint64_t kv__abi_fingerprint(void);
+uint64_t kv__header_check(const struct kv__header *h);
+
+/* ---- racy copies (index.c) ---- */
+void kv__copy_racy(void *dst, const void *src, size_t n);
+bool kv__equal_racy(const void *shared, const void *mine, size_t n);
+
+#endif /* KVSHM_INTERNAL_H */

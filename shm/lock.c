@@ -1,0 +1,111 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * lock.c - robust process-shared mutexes: initialisation, timed acquisition,
+ * and the one place where a dead owner's lock is taken over (the
+ * EOWNERDEAD path). Knows nothing about what the locks protect: each caller
+ * passes the repair function for its own critical sections.
+ */
+#include "internal.h"
+
+#include <time.h>
+
+/* How long one wait may sleep before re-checking the lock word. A timeout
+ * recovers from a lost wake-up (kernel/glibc bugs around owner death); the
+ * total bound turns a lock held by a live but stuck process into an error. */
+#define KV_LOCK_SLICE_NS (100 * 1000 * 1000L)
+#define KV_LOCK_TIMEOUT_NS (5 * 1000 * 1000 * 1000LL)
+
+int kv__mutex_init(pthread_mutex_t *m)
+{
+	pthread_mutexattr_t attr;
+	int rc = pthread_mutexattr_init(&attr);
+
+	if (rc)
+		return -rc;
+	rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+	if (!rc)
+		rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+	if (!rc)
+		rc = pthread_mutex_init(m, &attr);
+	pthread_mutexattr_destroy(&attr);
+	return -rc;
+}
+
+#ifdef KVSHM_TESTING
+/* Test builds: make the next n lock waits time out (fault injection). */
+long kv__test_lock_timeouts;
+#endif
+
+/*
+ * We hold m, but maybe in the state its dead owner left. Repair what that
+ * owner was doing, and only when the repair succeeded mark the mutex
+ * consistent. A failed repair unlocks without marking it, which makes the
+ * mutex ENOTRECOVERABLE for everyone: the stripe is quarantined rather than
+ * trusted.
+ */
+static int kv__acquired(struct kvshm *kv, pthread_mutex_t *m, int rc,
+			kv__repair_fn repair, void *what)
+{
+	if (KV_LIKELY(rc == 0))
+		return 0;
+	if (rc == EOWNERDEAD) {
+		int err = repair ? repair(kv, what) : 0;
+		if (err == 0) {
+			pthread_mutex_consistent(m);
+			kv__stat_inc(kv, KV_ST_LOCK_RECOVERIES);
+			return 0;
+		}
+		pthread_mutex_unlock(m);
+		return -ENOTRECOVERABLE;
+	}
+	return -rc;
+}
+
+int kv__trylock(struct kvshm *kv, pthread_mutex_t *m, kv__repair_fn repair,
+		void *what)
+{
+	int rc = pthread_mutex_trylock(m);
+
+	if (rc == EBUSY)
+		return -EBUSY;
+	return kv__acquired(kv, m, rc, repair, what);
+}
+
+int kv__lock(struct kvshm *kv, pthread_mutex_t *m, kv__repair_fn repair,
+	     void *what)
+{
+	int rc = pthread_mutex_trylock(m);
+	uint64_t deadline;
+
+	if (KV_LIKELY(rc != EBUSY))
+		return kv__acquired(kv, m, rc, repair, what);
+
+	kv__stat_inc(kv, KV_ST_LOCK_CONTENDED);
+	deadline = kv__mono_ns() + KV_LOCK_TIMEOUT_NS;
+	for (;;) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_nsec += KV_LOCK_SLICE_NS;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
+#ifdef KVSHM_TESTING
+		if (rc == 0 && kv__test_lock_timeouts > 0) {
+			kv__test_lock_timeouts--;
+			pthread_mutex_unlock(m);
+			return -ETIMEDOUT;
+		}
+#endif
+		if (rc != ETIMEDOUT)
+			return kv__acquired(kv, m, rc, repair, what);
+		if (kv__mono_ns() >= deadline)
+			return -ETIMEDOUT;
+	}
+}
+
+void kv__unlock(pthread_mutex_t *m)
+{
+	pthread_mutex_unlock(m);
+}

@@ -1,0 +1,580 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * segment.c - naming, creating, attaching and detaching stores: the
+ * segment's geometry, its secure creation, the create/attach race, and the
+ * checks made before anything is mapped. Writes shared memory only while
+ * initialising a segment nobody else can use yet.
+ *
+ * CREATE/ATTACH RACE. The creator makes the object with O_EXCL, takes an
+ * exclusive OFD lock on its first byte, sizes it, initialises it, and
+ * publishes `magic` last (release), then drops the lock. An attacher that
+ * finds no magic yet looks at that lock: held means "being initialised,
+ * wait" (up to 5 s); not held means the creator died half-way, and an
+ * attacher with KVSHM_CREATE takes the lock and initialises afresh (one
+ * wins the lock; the others wait for it). The kernel drops OFD locks when
+ * the last descriptor closes, so a kill -9 can never leave the lock held.
+ */
+#include "internal.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define KV_MIB (UINT64_C(1) << 20)
+#define KV_MIN_ARENA KV_MIB
+#define KV_MAX_ARENA (UINT64_C(1) << 40)
+#define KV_DEFAULT_ARENA (64 * KV_MIB)
+#define KV_DEFAULT_MAX_KEY 512u
+#define KV_DEFAULT_MAX_VALUE KV_MIB
+#define KV_ATTACH_WAIT_NS (5 * 1000 * 1000 * 1000LL)
+
+#ifdef KVSHM_TESTING
+/* Test builds: fail the n-th call of a system function (fault injection). */
+long kv__test_fail_ftruncate, kv__test_fail_mmap, kv__test_fail_getrandom;
+static bool fault(long *countdown)
+{
+	return *countdown > 0 && --*countdown == 0;
+}
+#define KV_FAULT(which) fault(&kv__test_fail_##which)
+#else
+#define KV_FAULT(which) false
+#endif
+
+uint64_t kv__abi_fingerprint(void)
+{
+	uint64_t fp = 0;
+
+	fp |= (uint64_t)sizeof(pthread_mutex_t);
+	fp |= (uint64_t)_Alignof(pthread_mutex_t) << 8;
+	fp |= (uint64_t)sizeof(void *) << 16;
+	fp |= (uint64_t)KV_CACHELINE << 24;
+	fp |= (uint64_t)sizeof(struct kv__stripe) << 32;
+#if defined(__GLIBC__)
+	fp |= UINT64_C(1) << 48; /* glibc's mutex protocol, not musl's */
+#endif
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	fp |= UINT64_C(1) << 49;
+#endif
+	return fp;
+}
+
+uint64_t kv__header_check(const struct kv__header *h)
+{
+	static const uint64_t key[2] = {UINT64_C(0x6b7673686d2d6864),
+					UINT64_C(0x722d636865636b31)};
+	const uint8_t *from = (const uint8_t *)&h->layout;
+	const uint8_t *to = (const uint8_t *)&h->header_check;
+
+	return kv__siphash13(key, from, (size_t)(to - from));
+}
+
+/* ---- geometry ----------------------------------------------------------- */
+
+/*
+ * Derive the whole layout from the creation parameters in h (arena_bytes,
+ * max_items, max_key_bytes, max_value_bytes). The creator fills the header
+ * with it; an attacher recomputes it and refuses a header that disagrees,
+ * so no offset is ever taken from the segment on trust.
+ */
+static int layout_compute(struct kv__header *h)
+{
+	uint64_t arena = h->arena_bytes, want, fixed, nsegs_max, seg;
+	uint32_t sb = KV_STRIPE_BUCKETS;
+
+	if (arena < KV_MIN_ARENA || arena > KV_MAX_ARENA ||
+	    h->max_key_bytes == 0 || h->max_key_bytes > UINT16_MAX ||
+	    h->max_value_bytes == 0 || h->max_value_bytes > arena / 4 ||
+	    h->max_items == 0 || h->max_items > arena / 16)
+		return -EINVAL;
+	seg = kv__align(KV_ITEM_HDR + h->max_key_bytes + h->max_value_bytes,
+			4096);
+	if (seg < 64 * 1024)
+		seg = 64 * 1024;
+	want = (h->max_items * 8 + 48) / 49; /* 7 slots at 7/8 load */
+	while (sb > KV_MAX_PROBE && want / sb < 16)
+		sb /= 2;
+	while ((want + sb - 1) / sb > KV_MAX_STRIPES)
+		sb *= 2;
+	h->stripe_buckets = sb;
+	h->nstripes = (uint32_t)((want + sb - 1) / sb);
+	h->nbuckets = (uint64_t)h->nstripes * sb;
+
+	h->stats_off = KV_HEADER_BYTES;
+	h->lanes_off = h->stats_off + KV_STATS_BYTES;
+	h->cleaner_off = h->lanes_off + KV_MAX_LANES * KV_LANE_BYTES;
+	h->stripes_off = h->cleaner_off + KV_CLEANER_BYTES;
+	h->segtab_off = h->stripes_off + (uint64_t)h->nstripes *
+						 KV_STRIPE_BYTES;
+	fixed = h->segtab_off + h->nbuckets * sizeof(struct kv__bucket);
+	if (fixed + 4 * seg > arena)
+		return -EINVAL; /* too small for its max_value_bytes/max_items */
+	nsegs_max = (arena - fixed) / seg;
+	if (nsegs_max > KV_MAX_SEGMENTS) {
+		seg = kv__align((arena - fixed) / KV_MAX_SEGMENTS + 1, 4096);
+		nsegs_max = (arena - fixed) / seg;
+	}
+	h->segment_bytes = seg;
+	h->index_off = kv__align(h->segtab_off +
+					 nsegs_max * sizeof(struct kv__segment),
+				 KV_CACHELINE);
+	h->data_off = kv__align(h->index_off +
+					h->nbuckets * sizeof(struct kv__bucket),
+				4096);
+	if (h->data_off >= arena || (arena - h->data_off) / seg < KV_MIN_SEGMENTS)
+		return -EINVAL;
+	h->nsegs = (uint32_t)((arena - h->data_off) / seg);
+	h->nlanes = h->nsegs / 4 < KV_MAX_LANES ? h->nsegs / 4 : KV_MAX_LANES;
+	if (h->nlanes == 0)
+		h->nlanes = 1;
+	return 0;
+}
+
+/* Creation parameters from the caller's options, with the defaults. */
+static int params_from_options(const struct kvshm_options *o,
+			       struct kv__header *h)
+{
+	memset(h, 0, sizeof(*h));
+	h->arena_bytes = o->arena_bytes ? o->arena_bytes : KV_DEFAULT_ARENA;
+	h->max_items = o->max_items ? o->max_items : h->arena_bytes / 128;
+	h->max_key_bytes = o->max_key_bytes ? o->max_key_bytes
+					    : KV_DEFAULT_MAX_KEY;
+	h->max_value_bytes = o->max_value_bytes;
+	if (!h->max_value_bytes)
+		h->max_value_bytes = h->arena_bytes / 16 < KV_DEFAULT_MAX_VALUE
+					     ? (uint32_t)(h->arena_bytes / 16)
+					     : KV_DEFAULT_MAX_VALUE;
+	h->default_ttl_ms = o->default_ttl_ms;
+	h->flags = o->flags & KVSHM_NOEVICT;
+	if (h->default_ttl_ms == KVSHM_TTL_NEVER)
+		h->default_ttl_ms = 0;
+	return layout_compute(h);
+}
+
+/* ---- names -------------------------------------------------------------- */
+
+/* A name without '/' is a POSIX shm object ("/name" for shm_open); one
+ * with '/' is a path. */
+static int name_check(const char *name)
+{
+	size_t len;
+
+	if (!name)
+		return -EINVAL;
+	len = strnlen(name, PATH_MAX);
+	if (len == 0 || len >= PATH_MAX)
+		return len ? -ENAMETOOLONG : -EINVAL;
+	if (!strchr(name, '/')) {
+		if (len > NAME_MAX - 1)
+			return -ENAMETOOLONG;
+		if (!strcmp(name, ".") || !strcmp(name, ".."))
+			return -EINVAL;
+	} else if (name[len - 1] == '/') {
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int obj_open(const char *name, int oflag, mode_t mode)
+{
+	int fd;
+
+	if (strchr(name, '/')) {
+		fd = open(name, oflag | O_NOFOLLOW | O_CLOEXEC, mode);
+	} else {
+		char shm_name[NAME_MAX + 1];
+		snprintf(shm_name, sizeof(shm_name), "/%s", name);
+		fd = shm_open(shm_name, oflag, mode); /* adds NOFOLLOW|CLOEXEC */
+	}
+	return fd < 0 ? -errno : fd;
+}
+
+int kvshm_unlink(const char *name)
+{
+	int err = name_check(name);
+
+	if (err)
+		return err;
+	if (strchr(name, '/')) {
+		err = unlink(name);
+	} else {
+		char shm_name[NAME_MAX + 1];
+		snprintf(shm_name, sizeof(shm_name), "/%s", name);
+		err = shm_unlink(shm_name);
+	}
+	return err ? -errno : 0;
+}
+
+/* ---- the init lock (an OFD lock on byte 0) ------------------------------ */
+
+static int init_lock(int fd, short type)
+{
+	struct flock fl = {.l_type = type, .l_whence = SEEK_SET,
+			   .l_start = 0, .l_len = 1};
+	return fcntl(fd, F_OFD_SETLK, &fl) ? -errno : 0;
+}
+
+/* Does another open file description hold the init lock? */
+static bool init_lock_held(int fd)
+{
+	struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
+			   .l_start = 0, .l_len = 1};
+	if (fcntl(fd, F_OFD_GETLK, &fl))
+		return false;
+	return fl.l_type != F_UNLCK;
+}
+
+static void pidns_id(uint64_t *dev, uint64_t *ino)
+{
+	struct stat st;
+
+	if (stat("/proc/self/ns/pid", &st) == 0) {
+		*dev = st.st_dev;
+		*ino = st.st_ino;
+	} else {
+		*dev = *ino = 0;
+	}
+}
+
+/* ---- creating ----------------------------------------------------------- */
+
+static void init_regions(uint8_t *base, const struct kv__header *h)
+{
+	struct kv__lane *lanes = (void *)(base + h->lanes_off);
+	struct kv__cleaner *cl = (void *)(base + h->cleaner_off);
+	struct kv__stripe *stripes = (void *)(base + h->stripes_off);
+	struct kv__segment *segs = (void *)(base + h->segtab_off);
+
+	/* ftruncate() zero-filled everything; only non-zero state is set */
+	for (uint32_t l = 0; l < KV_MAX_LANES; l++) {
+		kv__mutex_init(&lanes[l].mutex);
+		atomic_store_explicit(&lanes[l].seg, KV_NO_SEG,
+				      memory_order_relaxed);
+	}
+	kv__mutex_init(&cl->mutex);
+	for (uint32_t s = 0; s < h->nstripes; s++)
+		kv__mutex_init(&stripes[s].mutex);
+	atomic_store_explicit(&segs[0].state, KV_SEG_RESERVE,
+			      memory_order_relaxed);
+}
+
+/*
+ * Initialise the segment behind fd (we hold its init lock, nobody has it
+ * mapped usefully yet). Sizes the object, so a failure leaves a zero-size or
+ * magic-less object that the caller unlinks.
+ */
+static int segment_init(int fd, const struct kv__header *params, mode_t mode)
+{
+	struct kv__header *h;
+	uint8_t *base;
+
+	if (fchmod(fd, mode))
+		return -errno;
+	if (KV_FAULT(ftruncate))
+		return -EIO;
+	if (ftruncate(fd, 0) || ftruncate(fd, (off_t)params->arena_bytes))
+		return -errno;
+	base = KV_FAULT(mmap) ? MAP_FAILED
+			      : mmap(NULL, params->arena_bytes,
+				     PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (base == MAP_FAILED)
+		return errno ? -errno : -ENOMEM;
+	h = (struct kv__header *)(void *)base;
+	memcpy((uint8_t *)h + sizeof(h->magic),
+	       (const uint8_t *)params + sizeof(h->magic),
+	       offsetof(struct kv__header, clear_gen) - sizeof(h->magic));
+	h->layout = KV_LAYOUT;
+	h->header_bytes = KV_HEADER_BYTES;
+	h->abi = kv__abi_fingerprint();
+	h->created_at_ms = (uint64_t)kv__now_ms();
+	if (KV_FAULT(getrandom) ||
+	    getrandom(h->hash_seed, sizeof(h->hash_seed), 0) !=
+		    (ssize_t)sizeof(h->hash_seed)) {
+		munmap(base, params->arena_bytes);
+		return -EIO;
+	}
+	pidns_id(&h->pidns_dev, &h->pidns_ino);
+	init_regions(base, h);
+	h->header_check = kv__header_check(h);
+	/* release: everything above is visible to whoever sees the magic */
+	atomic_store_explicit(&h->magic, KV_MAGIC, memory_order_release);
+	munmap(base, params->arena_bytes);
+	return 0;
+}
+
+/* ---- attaching ---------------------------------------------------------- */
+
+/* fstat() checks made before anything is mapped. */
+static int attach_checks(int fd, struct stat *st)
+{
+	if (fstat(fd, st))
+		return -errno;
+	if (!S_ISREG(st->st_mode))
+		return -EBADMSG;
+	if (st->st_uid != geteuid())
+		return -EACCES;
+	if (st->st_mode & 07111)
+		return -EACCES; /* wider than 0666: refuse */
+	return 0;
+}
+
+/* Validate the header page against the object's size and our build. */
+static int header_validate(const struct kv__header *h, uint64_t size)
+{
+	struct kv__header expect;
+	uint64_t dev, ino;
+
+	if (h->layout != KV_LAYOUT)
+		return -EPROTONOSUPPORT;
+	if (h->abi != kv__abi_fingerprint())
+		return -EPROTONOSUPPORT;
+	if (h->header_bytes != KV_HEADER_BYTES ||
+	    h->header_check != kv__header_check(h) || h->arena_bytes != size)
+		return -EBADMSG;
+	memset(&expect, 0, sizeof(expect));
+	expect.arena_bytes = h->arena_bytes;
+	expect.max_items = h->max_items;
+	expect.max_key_bytes = h->max_key_bytes;
+	expect.max_value_bytes = h->max_value_bytes;
+	if (layout_compute(&expect) || expect.nbuckets != h->nbuckets ||
+	    expect.nstripes != h->nstripes ||
+	    expect.stripe_buckets != h->stripe_buckets ||
+	    expect.nsegs != h->nsegs || expect.nlanes != h->nlanes ||
+	    expect.segment_bytes != h->segment_bytes ||
+	    expect.stats_off != h->stats_off ||
+	    expect.lanes_off != h->lanes_off ||
+	    expect.cleaner_off != h->cleaner_off ||
+	    expect.stripes_off != h->stripes_off ||
+	    expect.segtab_off != h->segtab_off ||
+	    expect.index_off != h->index_off || expect.data_off != h->data_off)
+		return -EBADMSG;
+	pidns_id(&dev, &ino);
+	if (dev != h->pidns_dev || ino != h->pidns_ino)
+		return -EXDEV;
+	return 0;
+}
+
+/* Fill the handle from a validated header (copied to private memory). */
+static void handle_fill(struct kvshm *kv, const struct kv__header *h)
+{
+	kv->seed[0] = h->hash_seed[0];
+	kv->seed[1] = h->hash_seed[1];
+	kv->max_key = h->max_key_bytes;
+	kv->max_value = h->max_value_bytes;
+	kv->default_ttl_ms = h->default_ttl_ms;
+	kv->noevict = h->flags & KVSHM_NOEVICT;
+	kv->nlanes = h->nlanes;
+	kv->nstripes = h->nstripes;
+	kv->stripe_buckets = h->stripe_buckets;
+	kv->stripe_shift = (uint32_t)__builtin_ctz(h->stripe_buckets);
+	kv->nsegs = h->nsegs;
+	kv->nbuckets = h->nbuckets;
+	kv->segment_bytes = h->segment_bytes;
+	kv->data_bytes = (uint64_t)h->nsegs * h->segment_bytes;
+	kv->max_items = h->max_items;
+	kv->data_off = h->data_off;
+	kv->hdr = (struct kv__header *)(void *)kv->base;
+	kv->stats = (void *)(kv->base + h->stats_off);
+	kv->lanes = (void *)(kv->base + h->lanes_off);
+	kv->cleaner = (void *)(kv->base + h->cleaner_off);
+	kv->stripes = (void *)(kv->base + h->stripes_off);
+	kv->segs = (void *)(kv->base + h->segtab_off);
+	kv->buckets = (void *)(kv->base + h->index_off);
+	kv->data = kv->base + h->data_off;
+}
+
+enum { KV_ATTACHED = 0, KV_NOT_READY = 1, KV_ABANDONED = 2 };
+
+/* Try to attach once: KV_ATTACHED, KV_NOT_READY (creator still working),
+ * KV_ABANDONED (creator died half-way), or -errno. */
+static int attach_once(int fd, bool rdonly, struct kvshm *kv)
+{
+	struct kv__header hcopy;
+	struct stat st;
+	void *page;
+	uint64_t magic;
+	int err = attach_checks(fd, &st);
+
+	if (err)
+		return err;
+	if ((uint64_t)st.st_size < KV_HEADER_BYTES)
+		return init_lock_held(fd) ? KV_NOT_READY : KV_ABANDONED;
+	page = mmap(NULL, KV_HEADER_BYTES, PROT_READ, MAP_SHARED, fd, 0);
+	if (page == MAP_FAILED)
+		return -errno;
+	/* acquire: pairs with the creator's release store of the magic */
+	magic = atomic_load_explicit(&((struct kv__header *)page)->magic,
+				     memory_order_acquire);
+	memcpy(&hcopy, page, sizeof(hcopy)); /* read once, then validate */
+	munmap(page, KV_HEADER_BYTES);
+	if (magic == 0)
+		return init_lock_held(fd) ? KV_NOT_READY : KV_ABANDONED;
+	if (magic != KV_MAGIC)
+		return -EBADMSG;
+	err = header_validate(&hcopy, (uint64_t)st.st_size);
+	if (err)
+		return err;
+	kv->map_bytes = hcopy.arena_bytes;
+	kv->base = KV_FAULT(mmap) ? MAP_FAILED
+				  : mmap(NULL, kv->map_bytes,
+					 PROT_READ | (rdonly ? 0 : PROT_WRITE),
+					 MAP_SHARED, fd, 0);
+	if (kv->base == MAP_FAILED)
+		return errno ? -errno : -ENOMEM;
+	kv->rdonly = rdonly;
+	handle_fill(kv, &hcopy);
+	return KV_ATTACHED;
+}
+
+/* Create the object (O_EXCL) and initialise it, or return -EEXIST. */
+static int create_new(const char *name, const struct kv__header *params,
+		      mode_t mode)
+{
+	int err, fd = obj_open(name, O_RDWR | O_CREAT | O_EXCL, mode);
+
+	if (fd < 0)
+		return fd;
+	err = init_lock(fd, F_WRLCK);
+	if (err == 0)
+		err = segment_init(fd, params, mode);
+	if (err)
+		kvshm_unlink(name); /* leave nothing half-created */
+	close(fd);
+	return err;
+}
+
+/* Take over an object whose creator died before publishing its magic. */
+static int reinit_abandoned(int fd, const struct kv__header *params,
+			    mode_t mode)
+{
+	struct stat st;
+	int err = init_lock(fd, F_WRLCK);
+
+	if (err)
+		return err == -EAGAIN || err == -EACCES ? KV_NOT_READY : err;
+	/* we hold the lock now: re-check that nobody finished meanwhile */
+	err = attach_checks(fd, &st);
+	if (err == 0 && (uint64_t)st.st_size >= KV_HEADER_BYTES) {
+		struct kv__header *h = mmap(NULL, KV_HEADER_BYTES, PROT_READ,
+					    MAP_SHARED, fd, 0);
+		if (h == MAP_FAILED)
+			err = -errno;
+		else if (atomic_load_explicit(&h->magic,
+					      memory_order_acquire) != 0)
+			err = KV_NOT_READY; /* someone did: attach again */
+		if (h != MAP_FAILED)
+			munmap(h, KV_HEADER_BYTES);
+	}
+	if (err == 0)
+		err = segment_init(fd, params, mode);
+	init_lock(fd, F_UNLCK);
+	return err;
+}
+
+static int options_copy(const struct kvshm_options *in,
+			struct kvshm_options *o)
+{
+	size_t n;
+
+	memset(o, 0, sizeof(*o));
+	if (!in)
+		return 0;
+	n = in->size ? in->size : sizeof(*o);
+	if (n < offsetof(struct kvshm_options, arena_bytes))
+		return -EINVAL;
+	memcpy(o, in, n < sizeof(*o) ? n : sizeof(*o));
+	return 0;
+}
+
+static int open_checked(const char *name, const struct kvshm_options *o,
+			struct kvshm *kv)
+{
+	const unsigned known = KVSHM_CREATE | KVSHM_EXCL | KVSHM_RDONLY |
+			       KVSHM_NOEVICT;
+	bool create = o->flags & KVSHM_CREATE, rdonly = o->flags & KVSHM_RDONLY;
+	mode_t mode = o->mode ? o->mode : 0600;
+	struct kv__header params;
+	uint64_t deadline;
+	int err;
+
+	if ((o->flags & ~known) || ((o->flags & KVSHM_EXCL) && !create) ||
+	    (create && rdonly) || (mode & ~0666u))
+		return -EINVAL;
+	if (create) {
+		err = params_from_options(o, &params);
+		if (err)
+			return err;
+	}
+	deadline = kv__mono_ns() + KV_ATTACH_WAIT_NS;
+	for (;;) {
+		int fd;
+		if (create) {
+			err = create_new(name, &params, mode);
+			if (err != -EEXIST)
+				goto created;
+			if (o->flags & KVSHM_EXCL)
+				return -EEXIST;
+		}
+		fd = obj_open(name, rdonly ? O_RDONLY : O_RDWR, 0);
+		if (fd == -ENOENT && create)
+			continue; /* unlinked since: create again */
+		if (fd < 0)
+			return fd;
+		err = attach_once(fd, rdonly, kv);
+		if (err == KV_ABANDONED)
+			err = create ? reinit_abandoned(fd, &params, mode)
+				     : -EBADMSG;
+		close(fd);
+		if (err <= 0)
+			return err;
+		if (kv__mono_ns() >= deadline)
+			return -ETIMEDOUT;
+		struct timespec ts = {0, 1000 * 1000};
+		nanosleep(&ts, NULL);
+		continue;
+created:
+		if (err)
+			return err;
+		create = false; /* attach to what we created */
+	}
+}
+
+int kvshm_open(const char *name, const struct kvshm_options *opts,
+	       struct kvshm **out)
+{
+	struct kvshm_options o;
+	struct kvshm *kv;
+	int err;
+
+	if (!out)
+		return -EINVAL;
+	*out = NULL;
+	err = name_check(name);
+	if (!err)
+		err = options_copy(opts, &o);
+	if (err)
+		return err;
+	kv = calloc(1, sizeof(*kv));
+	if (!kv)
+		return -ENOMEM;
+	err = open_checked(name, &o, kv);
+	if (err) {
+		free(kv);
+		return err;
+	}
+	*out = kv;
+	return 0;
+}
+
+void kvshm_close(struct kvshm *kv)
+{
+	if (!kv)
+		return;
+	munmap(kv->base, kv->map_bytes);
+	free(kv);
+}
