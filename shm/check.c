@@ -165,7 +165,7 @@ static int check_stripe_optimistic(struct kvshm *kv, struct report *r,
 		uint64_t w0 = atomic_load_explicit(&st->wseq,
 						   memory_order_acquire);
 		check_stripe(kv, &tmp, stripe, t);
-		atomic_thread_fence(memory_order_acquire);
+		KV_FENCE(memory_order_acquire);
 		if (atomic_load_explicit(&st->intent.state,
 					 memory_order_acquire) !=
 			    KV_INTENT_NONE ||

@@ -85,23 +85,26 @@
  * anybody.
  *
  * RECOVERY (what kill -9 leaves behind, and who repairs it)
- *   stripe: every multi-word change is announced in the stripe's intent
- *     record before the first store. The next owner (EOWNERDEAD) undoes an
- *     unpublished change or completes a published one, makes the bucket
- *     sequence even, verifies the stripe, then calls
- *     pthread_mutex_consistent(). A stripe that does not verify is
- *     quarantined: its mutex is left unrecoverable and operations on it
- *     return -ENOTRECOVERABLE.
+ *   stripe: a slot change is announced in the stripe's intent record before
+ *     its first store (index.c has the step-by-step account). The next owner
+ *     (EOWNERDEAD) sees which slot was in flight: if it still holds the old
+ *     word the change is undone (a frozen counter unfrozen), if it holds the
+ *     new word the change stands. Either way the owner then rebuilds what is
+ *     derived from the slots (even sequences, overflow counts, item and byte
+ *     totals), clearing any slot that does not verify, and only then calls
+ *     pthread_mutex_consistent(). A purge after kvshm_clear() is redone.
  *   lane: only its segment's `used` cursor matters, advanced by one store
- *     after the item bytes are written; the repair re-validates the lane's
- *     segment. A half-written item past `used` is overwritten later.
- *   cleaner: segment states are changed one store at a time in an order
- *     that the repair can finish (see alloc.c); an interrupted reclaim is
- *     resumed by the next reclaim, which is idempotent item by item.
- *   counters that summarise (live_hint, statistics) are hints, updated after
- *     the fact with atomic adds; a crash can leave them slightly off. The
- *     per-stripe items/bytes totals are exact: they are set from values
- *     computed before the change and recorded in the intent.
+ *     after the item bytes are written; nothing to repair. A half-written
+ *     item past `used` is overwritten later; one below it that was never
+ *     linked is garbage the cleaner skips.
+ *   cleaner: segment states change one store at a time in an order whose
+ *     half-done states the repair recognises and undoes (alloc.c); an
+ *     interrupted reclaim is resumed by the next one, item by item.
+ *   hints (live_hint, max_expiry, statistics) are atomic adds made after the
+ *     fact; a crash can leave them slightly off, and nothing depends on
+ *     them for correctness.
+ *   The janitor is never needed for any of this: the next process to take
+ *   a lock repairs what that lock protects.
  */
 #ifndef KVSHM_FORMAT_H
 #define KVSHM_FORMAT_H

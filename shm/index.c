@@ -52,7 +52,6 @@ kv__equal_racy(const void *shared, const void *mine, size_t n)
 			return false;
 	return true;
 }
-#define KV_RACY_FN __attribute__((no_sanitize("thread")))
 #else
 void kv__copy_racy(void *dst, const void *src, size_t n)
 {
@@ -63,7 +62,6 @@ bool kv__equal_racy(const void *shared, const void *mine, size_t n)
 {
 	return memcmp(shared, mine, n) == 0;
 }
-#define KV_RACY_FN
 #endif
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -196,24 +194,34 @@ static bool counter_load(struct kv__item *it, uint64_t *v, uint64_t *c)
 	return false;
 }
 
-/* Lock-free incr on a counter found by an optimistic lookup. Returns 0 and
- * the new value, -ENOMSG/-ERANGE, or -EAGAIN when the caller must take the
- * locked path (frozen, write count exhausted, or contention). */
-int kv__counter_add(struct kvshm *kv, uint64_t off, int64_t delta,
-		    int64_t *result)
+/*
+ * Add delta to the counter at off, which a validated lookup (or the stripe
+ * lock) showed linked with version `seen`. Returns 0 and the new value,
+ * -ERANGE, or -EAGAIN when the caller must take the locked path (frozen,
+ * write count used up, not the same item any more, or contention).
+ *
+ * WHY THIS CANNOT LAND ON REUSED MEMORY: the CAS is attempted only while the
+ * version there carries the creation id of `seen`. Creation ids are never
+ * handed out twice (see VERSIONS in format.h), an item is frozen before it
+ * is unlinked or moved, and memory is reused only after its item was
+ * unlinked. So if the memory at off now holds another item's header, its
+ * creation id differs and we back off; the only way to match is for value
+ * bytes to reproduce exactly a version and value this counter had.
+ */
+int kv__counter_add(struct kvshm *kv, uint64_t off, uint64_t seen,
+		    int64_t delta, int64_t *result)
 {
 	struct kv__item *it = kv__item_at(kv, off);
 
 	for (unsigned tries = 0; tries < 64; tries++) {
 		uint64_t v, c;
-		int64_t now_val, sum;
+		int64_t sum;
 		if (!counter_load(it, &v, &c))
 			return -EAGAIN;
-		if ((v & KV_VER_FROZEN) ||
+		if ((v >> KV_VER_ID_SHIFT) != (seen >> KV_VER_ID_SHIFT) ||
 		    (v & KV_VER_WRITES_MASK) == KV_VER_WRITES_MASK)
-			return -EAGAIN;
-		now_val = (int64_t)c;
-		if (__builtin_add_overflow(now_val, delta, &sum))
+			return -EAGAIN; /* frozen, another item, or worn out */
+		if (__builtin_add_overflow((int64_t)c, delta, &sum))
 			return -ERANGE;
 		if (cas_pair(it, v, c, v + 1, (uint64_t)sum)) {
 			*result = sum;
@@ -437,7 +445,7 @@ static int read_once(struct kvshm *kv, const struct kv__key *k, void *buf,
 	/* acquire fence: the item reads above happen before the re-reads of
 	 * the sequences; pairs with the writer's release fence after it made
 	 * a sequence odd (a change we overlapped shows up as a new seq). */
-	atomic_thread_fence(memory_order_acquire);
+	KV_FENCE(memory_order_acquire);
 	for (unsigned i = 0; i < nseen; i++)
 		if (atomic_load_explicit(&bucket_at(kv, seen[i])->meta,
 					 memory_order_relaxed) != metas[i])
@@ -576,7 +584,7 @@ int kv__swap_slot(struct kvshm *kv, uint32_t stripe, struct kv__hit *at,
 	bucket_bump(bk); /* odd */
 	/* release fence: a reader that reads anything stored below also
 	 * sees the odd seq when it re-reads (pairs with its acquire fence) */
-	atomic_thread_fence(memory_order_release);
+	KV_FENCE(memory_order_release);
 	KV_CRASHPOINT();
 	atomic_store_explicit(&bk->slot[at->slot], new_word,
 			      memory_order_release);
@@ -625,9 +633,10 @@ int kv__place(struct kvshm *kv, const struct kv__key *k, bool may_evict,
 	      struct kv__hit *where)
 {
 	int64_t now = 0;
-	struct kv__hit victim = {0};
+	struct kv__hit victim = {0}, cand;
 	bool have_victim = false;
 
+	/* pass 0: a free slot; pass 1: an expired item, else the victim */
 	for (unsigned pass = 0; pass < 2; pass++) {
 		for (unsigned i = 0; i < KV_MAX_PROBE; i++) {
 			uint64_t b = kv__probe(kv, k->home, i);
@@ -642,9 +651,9 @@ int kv__place(struct kvshm *kv, const struct kv__key *k, bool may_evict,
 				}
 				if (pass == 0 || w == 0)
 					continue;
-				kv__hit_fill(kv, &victim, b, s, w);
-				if (kv__is_expired(victim.expires_at, &now)) {
-					kv__drop(kv, k->stripe, &victim,
+				kv__hit_fill(kv, &cand, b, s, w);
+				if (kv__is_expired(cand.expires_at, &now)) {
+					kv__drop(kv, k->stripe, &cand,
 						 KV_ST_EXPIRED);
 					*where = (struct kv__hit){.bucket = b,
 								  .slot = s};
@@ -652,27 +661,25 @@ int kv__place(struct kvshm *kv, const struct kv__key *k, bool may_evict,
 				}
 				if (!may_evict || have_victim)
 					continue;
-				if (!(w & KV_SLOT_VISITED))
+				if (!(w & KV_SLOT_VISITED)) {
+					victim = cand;
 					have_victim = true;
-				else /* second chance: clear the bit */
+				} else { /* second chance: clear the bit */
 					atomic_fetch_and_explicit(
 						&bk->slot[s], ~KV_SLOT_VISITED,
 						memory_order_relaxed);
+				}
 			}
 		}
 	}
 	if (!may_evict)
 		return -ENOSPC;
-	if (!have_victim) /* everything was visited: take the first */
-		kv__hit_fill(kv, &victim, kv__probe(kv, k->home, 0), 0,
-			 atomic_load_explicit(
-				 &bucket_at(kv, kv__probe(kv, k->home, 0))
-					  ->slot[0],
-				 memory_order_relaxed));
-	else
-		victim.word = atomic_load_explicit(
-			&bucket_at(kv, victim.bucket)->slot[victim.slot],
-			memory_order_relaxed);
+	if (!have_victim) { /* all were visited: the hand wraps to the first */
+		uint64_t b = kv__probe(kv, k->home, 0);
+		kv__hit_fill(kv, &victim, b, 0,
+			     atomic_load_explicit(&bucket_at(kv, b)->slot[0],
+						  memory_order_relaxed));
+	}
 	*where = (struct kv__hit){.bucket = victim.bucket, .slot = victim.slot};
 	kv__drop(kv, k->stripe, &victim, KV_ST_EVICTIONS);
 	return 0;
@@ -708,7 +715,7 @@ void kv__purge_stripe(struct kvshm *kv, uint32_t stripe)
 			continue;
 		KV_CRASHPOINT();
 		bucket_bump(bk);
-		atomic_thread_fence(memory_order_release);
+		KV_FENCE(memory_order_release);
 		for (unsigned s = 0; s < KV_BUCKET_SLOTS; s++) {
 			uint64_t w = atomic_load_explicit(
 				&bk->slot[s], memory_order_relaxed);

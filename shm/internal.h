@@ -31,6 +31,28 @@ void kv__crashpoint(void);
 #define KV_TSAN 0
 #endif
 
+/*
+ * Fences of the seqlock protocol. ThreadSanitizer does not model fences (gcc
+ * rejects them under -fsanitize=thread), so its builds use a compiler
+ * barrier: the optimistic reads these fences order are not instrumented
+ * there, and on x86, where TSan runs, acquire/release fences compile to a
+ * compiler barrier anyway.
+ */
+#if KV_TSAN
+#define KV_FENCE(order) atomic_signal_fence(order)
+#else
+#define KV_FENCE(order) atomic_thread_fence(order)
+#endif
+
+/* Marks a function that reads shared memory optimistically, racing writers
+ * by design and validating afterwards (see READER ALGORITHM in format.h):
+ * ThreadSanitizer does not instrument it. */
+#if KV_TSAN
+#define KV_RACY_FN __attribute__((no_sanitize("thread")))
+#else
+#define KV_RACY_FN
+#endif
+
 #define KV_LIKELY(x) __builtin_expect(!!(x), 1)
 #define KV_UNLIKELY(x) __builtin_expect(!!(x), 0)
 
@@ -212,8 +234,8 @@ int kv__read(struct kvshm *kv, const struct kv__key *k, void *buf,
 	     size_t buflen, struct kv__hit *hit);
 void kv__mark_visited(struct kvshm *kv, const struct kv__hit *hit);
 uint64_t kv__new_version(struct kvshm *kv, uint32_t stripe);
-int kv__counter_add(struct kvshm *kv, uint64_t off, int64_t delta,
-		    int64_t *result);
+int kv__counter_add(struct kvshm *kv, uint64_t off, uint64_t seen,
+		    int64_t delta, int64_t *result);
 int kv__freeze(struct kvshm *kv, struct kv__hit *hit, bool check_cas,
 	       uint64_t cas);
 void kv__unfreeze(struct kvshm *kv, uint64_t off);

@@ -443,7 +443,8 @@ static int incr_locked(struct kvshm *kv, const struct kv__key *k,
 			goto unlock;
 		}
 		if (live) {
-			err = kv__counter_add(kv, hit.off, delta, result);
+			err = kv__counter_add(kv, hit.off, hit.version, delta,
+					      result);
 			if (err != -EAGAIN)
 				goto unlock;
 			err = 0;
@@ -523,9 +524,12 @@ int kvshm_incr(struct kvshm *kv, const void *key, size_t klen, int64_t delta,
 	if (err == 1 && !kv__is_expired(hit.expires_at, &now)) {
 		if (hit.kind != KV_KIND_COUNTER)
 			return -ENOMSG;
-		err = kv__counter_add(kv, hit.off, delta, &value);
+		err = kv__counter_add(kv, hit.off, hit.version, delta,
+				      &value);
 		if (err == -ERANGE)
 			return err;
+		if (err == 0)
+			kv__mark_visited(kv, &hit); /* a use, like a get */
 	} else {
 		err = -EAGAIN;
 	}

@@ -28,7 +28,7 @@ struct scan_entry {
 
 /* Copy the bucket's slots >= from into e[] optimistically; validate with
  * the bucket sequence. Returns the number copied, or -EAGAIN. */
-static int collect_once(struct kvshm *kv, uint64_t b, unsigned from,
+static KV_RACY_FN int collect_once(struct kvshm *kv, uint64_t b, unsigned from,
 			struct scan_entry *e, uint8_t *keys)
 {
 	struct kv__bucket *bk = &kv->buckets[b];
@@ -78,7 +78,7 @@ static int collect_once(struct kvshm *kv, uint64_t b, unsigned from,
 		n++;
 	}
 	/* pairs with the writer's release fence after making the seq odd */
-	atomic_thread_fence(memory_order_acquire);
+	KV_FENCE(memory_order_acquire);
 	if (atomic_load_explicit(&bk->meta, memory_order_relaxed) != m)
 		return -EAGAIN;
 	return n;
@@ -184,7 +184,7 @@ out:
 /* Might buckets [b, end) hold an expired item? A lock-free look, only to
  * avoid locking batches with nothing to do: a wrong answer costs a lock or
  * leaves an item for the next sweep. */
-static bool batch_has_expired(struct kvshm *kv, uint64_t b, uint64_t end,
+static KV_RACY_FN bool batch_has_expired(struct kvshm *kv, uint64_t b, uint64_t end,
 			      int64_t now)
 {
 	for (; b < end; b++)
