@@ -233,9 +233,17 @@ $(EXAMPLE_BINS): $(O)/examples/%: $(O)/examples/%.o $(STATIC_LIB)
 # "<passed> passed, <failed> failed"; the exit status is non-zero if any test
 # failed or timed out.
 ifeq ($(HAVE_CMOCKA),)
+# A fresh machine: install cmocka (make deps), then run the tests in a new
+# make that sees it. Where apt-get is not available, say what is missing.
 test:
-	@echo "cmocka is missing: run 'make deps' (Debian/Ubuntu: apt-get install libcmocka-dev)" >&2
-	@exit 1
+	@if command -v apt-get >/dev/null 2>&1; then \
+		echo "cmocka is missing: installing it with 'make deps'"; \
+		$(MAKE) --no-print-directory deps && \
+		$(MAKE) --no-print-directory test; \
+	else \
+		echo "cmocka is missing: install libcmocka-dev (or your system's cmocka package), then run make test again" >&2; \
+		exit 1; \
+	fi
 else
 test: libs examples bench $(TEST_BINS)
 	@pass=0; fail=0; failed=; \

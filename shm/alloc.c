@@ -105,9 +105,6 @@ static uint32_t seg_find(struct kvshm *kv, uint32_t st)
 
 /* ---- lanes -------------------------------------------------------------- */
 
-static _Thread_local uint32_t tls_lane = UINT32_MAX;
-static _Atomic uint32_t next_lane;
-
 int kv__lane_repair(struct kvshm *kv, void *what)
 {
 	(void)kv;
@@ -117,19 +114,17 @@ int kv__lane_repair(struct kvshm *kv, void *what)
 
 static int lane_lock(struct kvshm *kv, uint32_t *lane)
 {
-	uint32_t n = kv->nlanes, pref = tls_lane;
+	uint32_t n = kv->nlanes, pref = kv__self.lane;
 	int err;
 
 	if (pref >= n)
-		pref = atomic_fetch_add_explicit(&next_lane, 1,
-						 memory_order_relaxed) %
-		       n;
+		pref = kv__thread_pick(n);
 	for (uint32_t i = 0; i < n; i++) {
 		uint32_t l = (pref + i) % n;
 		err = kv__trylock(kv, &kv->lanes[l].mutex, kv__lane_repair,
 				  &kv->lanes[l]);
 		if (err == 0) {
-			tls_lane = l;
+			kv__self.lane = l;
 			*lane = l;
 			return 0;
 		}
@@ -139,7 +134,7 @@ static int lane_lock(struct kvshm *kv, uint32_t *lane)
 	err = kv__lock(kv, &kv->lanes[pref].mutex, kv__lane_repair,
 		       &kv->lanes[pref]);
 	if (err == 0) {
-		tls_lane = pref;
+		kv__self.lane = pref;
 		*lane = pref;
 	}
 	return err;

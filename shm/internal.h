@@ -166,6 +166,19 @@ static inline uint64_t kv__hash(const struct kvshm *kv, const void *key,
 int64_t kv__now_ms(void);
 uint64_t kv__mono_ns(void);
 
+/* ---- per-thread state (stats.c) ----
+ * Which stat shard and which lane this thread prefers. Picked from the
+ * thread id on first use and forgotten in a fork()ed child (pthread_atfork),
+ * so the workers of a prefork server do not all inherit the master's
+ * choices and pile onto the same cache lines. */
+struct kv__thread {
+	uint32_t shard;           /* UINT32_MAX = not picked yet */
+	uint32_t lane;            /* UINT32_MAX = not picked yet */
+};
+extern _Thread_local struct kv__thread kv__self;
+uint32_t kv__thread_pick(uint32_t n);
+void kv__atfork_register(void);
+
 /* ---- stats.c ---- */
 void kv__stat_add(struct kvshm *kv, enum kv__stat which, uint64_t n);
 static inline void kv__stat_inc(struct kvshm *kv, enum kv__stat which)

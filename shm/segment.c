@@ -559,6 +559,7 @@ int kvshm_open(const char *name, const struct kvshm_options *opts,
 		err = options_copy(opts, &o);
 	if (err)
 		return err;
+	kv__atfork_register();
 	kv = calloc(1, sizeof(*kv));
 	if (!kv)
 		return -ENOMEM;

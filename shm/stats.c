@@ -7,6 +7,7 @@
 #include "internal.h"
 
 #include <time.h>
+#include <unistd.h>
 
 int64_t kv__now_ms(void)
 {
@@ -22,22 +23,45 @@ uint64_t kv__mono_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Each thread adds to its own shard, picked once per thread, so counting
- * is an uncontended atomic add on a line few others write. Read-only
- * handles count nothing: they may not write to the segment. */
-static _Thread_local unsigned tls_shard = UINT32_MAX;
-static _Atomic unsigned next_shard;
+_Thread_local struct kv__thread kv__self = {UINT32_MAX, UINT32_MAX};
 
+/* A well-spread number in [0, n) for this thread: its kernel thread id,
+ * which differs between the processes and threads of a host. */
+uint32_t kv__thread_pick(uint32_t n)
+{
+	uint64_t tid = (uint64_t)gettid();
+	return (uint32_t)(((tid * UINT64_C(0x9e3779b97f4a7c15)) >> 32) % n);
+}
+
+static void forget_thread_choices(void)
+{
+	kv__self.shard = UINT32_MAX;
+	kv__self.lane = UINT32_MAX;
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void atfork_install(void)
+{
+	pthread_atfork(NULL, NULL, forget_thread_choices);
+}
+
+void kv__atfork_register(void)
+{
+	pthread_once(&atfork_once, atfork_install);
+}
+
+/* Each thread adds to its own shard, so counting is an uncontended atomic
+ * add on a line few others write. Read-only handles count nothing: they may
+ * not write to the segment. */
 void kv__stat_add(struct kvshm *kv, enum kv__stat which, uint64_t n)
 {
 	if (kv->rdonly)
 		return;
-	if (KV_UNLIKELY(tls_shard >= KV_STAT_SHARDS))
-		tls_shard = atomic_fetch_add_explicit(&next_shard, 1,
-						      memory_order_relaxed) %
-			    KV_STAT_SHARDS;
+	if (KV_UNLIKELY(kv__self.shard >= KV_STAT_SHARDS))
+		kv__self.shard = kv__thread_pick(KV_STAT_SHARDS);
 	/* relaxed: a count orders nothing */
-	atomic_fetch_add_explicit(&kv->stats[tls_shard].v[which], n,
+	atomic_fetch_add_explicit(&kv->stats[kv__self.shard].v[which], n,
 				  memory_order_relaxed);
 }
 
