@@ -166,7 +166,7 @@ typedef int (*kvshm_scan_fn)(const void *key, size_t klen,
  * Errors: -EINVAL bad name or options (including RDONLY with CREATE, EXCL
  * without CREATE, unknown flags, a mode beyond 0666, or create-time sizes
  * that do not fit: an arena under 1 MiB or too small for 4 maximal items);
- * -ENAMETOOLONG; -ENOENT no such store (without
+ * -ENOENT no such store (without
  * CREATE); -EEXIST it exists (CREATE|EXCL); -EBADMSG not a kvshm segment,
  * truncated, or corrupt header; -EPROTONOSUPPORT another layout version or
  * lock ABI; -EACCES owned by another user or mode wider than 0666, or denied

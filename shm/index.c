@@ -161,12 +161,27 @@ uint64_t kv__new_version(struct kvshm *kv, uint32_t stripe)
 	return id << KV_VER_ID_SHIFT;
 }
 
-/* The {version, cvalue} pair of a counter changes only by this 16-byte CAS.
- * cmpxchg16b is a full barrier; it pairs with the acquire loads of
- * kv__counter_load(). */
-__attribute__((target("cx16"))) static bool
-cas_pair(struct kv__item *it, uint64_t v, uint64_t c, uint64_t nv,
-	 uint64_t nc)
+/*
+ * The {version, cvalue} pair of a counter changes only by this 16-byte CAS,
+ * a full barrier that pairs with the acquire loads of counter_load(). On
+ * x86-64 it is written out as `lock cmpxchg16b`: compilers otherwise call
+ * libatomic, and ThreadSanitizer emulates 16-byte atomics with a lock that
+ * is private to one process, which is not atomic between processes.
+ */
+#if defined(__x86_64__)
+static bool cas_pair(struct kv__item *it, uint64_t v, uint64_t c, uint64_t nv,
+		     uint64_t nc)
+{
+	bool ok;
+	__asm__ __volatile__("lock cmpxchg16b (%[pair])"
+			     : "=@ccz"(ok), "+a"(v), "+d"(c)
+			     : [pair] "r"(&it->version), "b"(nv), "c"(nc)
+			     : "memory");
+	return ok;
+}
+#else
+static bool cas_pair(struct kv__item *it, uint64_t v, uint64_t c, uint64_t nv,
+		     uint64_t nc)
 {
 	unsigned __int128 *pair = (unsigned __int128 *)(void *)&it->version;
 	unsigned __int128 expect = ((unsigned __int128)c << 64) | v;
@@ -174,10 +189,12 @@ cas_pair(struct kv__item *it, uint64_t v, uint64_t c, uint64_t nv,
 
 	return __sync_bool_compare_and_swap(pair, expect, want);
 }
+#endif
 
 /* Read a counter's {version, value} consistently without writing: versions
  * never repeat, so an unchanged version means no CAS happened in between. */
-static bool counter_load(struct kv__item *it, uint64_t *v, uint64_t *c)
+static KV_RACY_FN bool counter_load(struct kv__item *it, uint64_t *v,
+				       uint64_t *c)
 {
 	for (unsigned i = 0; i < 1000; i++) {
 		uint64_t v0 = atomic_load_explicit(&it->version,

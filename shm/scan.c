@@ -153,8 +153,8 @@ int kvshm_scan(struct kvshm *kv, const void *prefix, size_t plen,
 			struct kvshm_item item;
 			if (e[i].hit.expires_at && e[i].hit.expires_at <= now)
 				continue;
-			if (e[i].klen < plen ||
-			    memcmp(e[i].key, prefix, plen) != 0)
+			if (plen && (e[i].klen < plen ||
+				     memcmp(e[i].key, prefix, plen) != 0))
 				continue;
 			if (limit && (size_t)visited == limit) {
 				*cursor = b * KV_SLOT_POS + e[i].slot + 1;

@@ -168,10 +168,10 @@ static int name_check(const char *name)
 		return -EINVAL;
 	len = strnlen(name, PATH_MAX);
 	if (len == 0 || len >= PATH_MAX)
-		return len ? -ENAMETOOLONG : -EINVAL;
+		return -EINVAL;
 	if (!strchr(name, '/')) {
 		if (len > NAME_MAX - 1)
-			return -ENAMETOOLONG;
+			return -EINVAL;
 		if (!strcmp(name, ".") || !strcmp(name, ".."))
 			return -EINVAL;
 	} else if (name[len - 1] == '/') {
@@ -388,7 +388,8 @@ static void handle_fill(struct kvshm *kv, const struct kv__header *h)
 	kv->data = kv->base + h->data_off;
 }
 
-enum { KV_ATTACHED = 0, KV_NOT_READY = 1, KV_ABANDONED = 2 };
+/* Outcomes of one attempt to attach or initialise (negative: an errno). */
+enum { KV_ATTACHED = 0, KV_NOT_READY, KV_ABANDONED, KV_INITIALISED };
 
 /* Try to attach once: KV_ATTACHED, KV_NOT_READY (creator still working),
  * KV_ABANDONED (creator died half-way), or -errno. */
@@ -431,7 +432,55 @@ static int attach_once(int fd, bool rdonly, struct kvshm *kv)
 	return KV_ATTACHED;
 }
 
-/* Create the object (O_EXCL) and initialise it, or return -EEXIST. */
+/* Is the segment behind fd initialised (magic published)? We hold its init
+ * lock, so nobody is initialising it right now. */
+static int initialised(int fd)
+{
+	struct stat st;
+	struct kv__header *h;
+	int err = attach_checks(fd, &st);
+
+	if (err)
+		return err;
+	if ((uint64_t)st.st_size < KV_HEADER_BYTES)
+		return 0;
+	h = mmap(NULL, KV_HEADER_BYTES, PROT_READ, MAP_SHARED, fd, 0);
+	if (h == MAP_FAILED)
+		return -errno;
+	err = atomic_load_explicit(&h->magic, memory_order_acquire) != 0;
+	munmap(h, KV_HEADER_BYTES);
+	return err;
+}
+
+/*
+ * Initialise the object behind fd unless someone else does or did: take
+ * the init lock (EAGAIN: another process holds it, so it is initialising),
+ * re-check under it, and only then initialise. Returns KV_INITIALISED when
+ * we did, KV_NOT_READY when the caller should (wait and) attach.
+ */
+static int init_if_needed(int fd, const struct kv__header *params,
+			  mode_t mode)
+{
+	int err = init_lock(fd, F_WRLCK);
+
+	if (err)
+		return err == -EAGAIN || err == -EACCES ? KV_NOT_READY : err;
+	err = initialised(fd);
+	if (err == 0) {
+		err = segment_init(fd, params, mode);
+		if (err == 0)
+			err = KV_INITIALISED;
+	}
+	else if (err > 0)
+		err = KV_NOT_READY;
+	init_lock(fd, F_UNLCK);
+	return err;
+}
+
+/* Create the object (O_EXCL) and initialise it. -EEXIST: it exists. Between
+ * the O_EXCL create and our lock an attacher may see an empty, unlocked
+ * object and initialise it itself (init_if_needed() serialises the two):
+ * then we just attach. A failure leaves nothing behind. */
 static int create_new(const char *name, const struct kv__header *params,
 		      mode_t mode)
 {
@@ -439,41 +488,11 @@ static int create_new(const char *name, const struct kv__header *params,
 
 	if (fd < 0)
 		return fd;
-	err = init_lock(fd, F_WRLCK);
-	if (err == 0)
-		err = segment_init(fd, params, mode);
-	if (err)
-		kvshm_unlink(name); /* leave nothing half-created */
+	err = init_if_needed(fd, params, mode);
+	if (err < 0)
+		kvshm_unlink(name);
 	close(fd);
-	return err;
-}
-
-/* Take over an object whose creator died before publishing its magic. */
-static int reinit_abandoned(int fd, const struct kv__header *params,
-			    mode_t mode)
-{
-	struct stat st;
-	int err = init_lock(fd, F_WRLCK);
-
-	if (err)
-		return err == -EAGAIN || err == -EACCES ? KV_NOT_READY : err;
-	/* we hold the lock now: re-check that nobody finished meanwhile */
-	err = attach_checks(fd, &st);
-	if (err == 0 && (uint64_t)st.st_size >= KV_HEADER_BYTES) {
-		struct kv__header *h = mmap(NULL, KV_HEADER_BYTES, PROT_READ,
-					    MAP_SHARED, fd, 0);
-		if (h == MAP_FAILED)
-			err = -errno;
-		else if (atomic_load_explicit(&h->magic,
-					      memory_order_acquire) != 0)
-			err = KV_NOT_READY; /* someone did: attach again */
-		if (h != MAP_FAILED)
-			munmap(h, KV_HEADER_BYTES);
-	}
-	if (err == 0)
-		err = segment_init(fd, params, mode);
-	init_lock(fd, F_UNLCK);
-	return err;
+	return err < 0 ? err : 0;
 }
 
 static int options_copy(const struct kvshm_options *in,
@@ -496,16 +515,17 @@ static int open_checked(const char *name, const struct kvshm_options *o,
 {
 	const unsigned known = KVSHM_CREATE | KVSHM_EXCL | KVSHM_RDONLY |
 			       KVSHM_NOEVICT;
-	bool create = o->flags & KVSHM_CREATE, rdonly = o->flags & KVSHM_RDONLY;
+	bool may_init = o->flags & KVSHM_CREATE, try_create = may_init;
+	bool rdonly = o->flags & KVSHM_RDONLY;
 	mode_t mode = o->mode ? o->mode : 0600;
 	struct kv__header params;
 	uint64_t deadline;
 	int err;
 
-	if ((o->flags & ~known) || ((o->flags & KVSHM_EXCL) && !create) ||
-	    (create && rdonly) || (mode & ~0666u))
+	if ((o->flags & ~known) || ((o->flags & KVSHM_EXCL) && !may_init) ||
+	    (may_init && rdonly) || (mode & ~0666u))
 		return -EINVAL;
-	if (create) {
+	if (may_init) {
 		err = params_from_options(o, &params);
 		if (err)
 			return err;
@@ -513,34 +533,36 @@ static int open_checked(const char *name, const struct kvshm_options *o,
 	deadline = kv__mono_ns() + KV_ATTACH_WAIT_NS;
 	for (;;) {
 		int fd;
-		if (create) {
+		if (try_create) {
 			err = create_new(name, &params, mode);
-			if (err != -EEXIST)
-				goto created;
-			if (o->flags & KVSHM_EXCL)
+			if (err != -EEXIST) {
+				if (err)
+					return err;
+				try_create = false; /* made: attach to it */
+			} else if (o->flags & KVSHM_EXCL) {
 				return -EEXIST;
+			}
 		}
 		fd = obj_open(name, rdonly ? O_RDONLY : O_RDWR, 0);
-		if (fd == -ENOENT && create)
+		if (fd == -ENOENT && try_create)
 			continue; /* unlinked since: create again */
 		if (fd < 0)
 			return fd;
 		err = attach_once(fd, rdonly, kv);
 		if (err == KV_ABANDONED)
-			err = create ? reinit_abandoned(fd, &params, mode)
-				     : -EBADMSG;
+			err = may_init ? init_if_needed(fd, &params, mode)
+				       : -EBADMSG;
 		close(fd);
-		if (err <= 0)
+		if (err < 0 || err == KV_ATTACHED)
 			return err;
-		if (kv__mono_ns() >= deadline)
-			return -ETIMEDOUT;
-		struct timespec ts = {0, 1000 * 1000};
-		nanosleep(&ts, NULL);
-		continue;
-created:
-		if (err)
-			return err;
-		create = false; /* attach to what we created */
+		/* KV_NOT_READY: someone is initialising it, wait; or
+		 * init_if_needed() just initialised it: attach now */
+		if (err == KV_NOT_READY) {
+			struct timespec ts = {0, 1000 * 1000};
+			if (kv__mono_ns() >= deadline)
+				return -ETIMEDOUT;
+			nanosleep(&ts, NULL);
+		}
 	}
 }
 

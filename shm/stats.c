@@ -6,6 +6,7 @@
  */
 #include "internal.h"
 
+#include <limits.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -133,6 +134,8 @@ int kvshm_stats(struct kvshm *kv, struct kvshm_stats *st)
 
 const char *kvshm_strerror(int err)
 {
+	if (err == INT_MIN)
+		return "unknown error";
 	switch (err < 0 ? -err : err) {
 	case 0: return "success";
 	case EINVAL: return "invalid argument";
