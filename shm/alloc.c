@@ -401,20 +401,32 @@ struct kv__drain {
 	uint64_t move_budget;     /* bytes we may still move (second chance) */
 };
 
-/* Find the slot linking the item at off, in the probe window of home. */
+/* Find the slot linking the item at off, among the slots of home's probe
+ * window that lead back to home (stripe lock held). */
 static bool find_by_offset(struct kvshm *kv, uint64_t home, uint64_t off,
 			   struct kv__hit *hit)
 {
+	unsigned displaced = (unsigned)(atomic_load_explicit(
+					       &kv->buckets[home].meta,
+					       memory_order_relaxed) >>
+				       KV_META_OVF_SHIFT);
+	unsigned passed = 0;
+
 	for (unsigned i = 0; i < KV_MAX_PROBE; i++) {
 		uint64_t b = kv__probe(kv, home, i);
 		for (unsigned s = 0; s < KV_BUCKET_SLOTS; s++) {
 			uint64_t w = atomic_load_explicit(
 				&kv->buckets[b].slot[s], memory_order_relaxed);
-			if (w && kv__slot_off(w) == off) {
+			if (!w || kv__slot_disp(w) != i)
+				continue;
+			if (kv__slot_off(w) == off) {
 				kv__hit_fill(kv, hit, b, s, w);
 				return true;
 			}
+			passed += i > 0;
 		}
+		if (passed >= displaced)
+			break;
 	}
 	return false;
 }

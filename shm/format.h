@@ -13,6 +13,7 @@
  *   lanes_off         nlanes*128           struct kv__lane[]
  *   cleaner_off       128                  struct kv__cleaner
  *   stripes_off       nstripes*256         struct kv__stripe[]
+ *   gens_off          nstripes*8           kv__stripe_gen[] (64-aligned)
  *   segtab_off        nsegs*64             struct kv__segment[]
  *   index_off         nbuckets*64          struct kv__bucket[]
  *   data_off          nsegs*segment_bytes  items, in allocation segments
@@ -26,14 +27,22 @@
  * words. A slot word is 0 (empty) or
  *     bits 63..49  tag: 15 bits of the key's hash, to skip most non-matches
  *     bit  48      visited: set by a reader on a hit (eviction second chance)
- *     bits 47..0   the item's offset in the mapping, in 16-byte units
+ *     bits 47..44  displacement: how many buckets past its home bucket the
+ *                  key lives (0..KV_MAX_PROBE-1)
+ *     bits 43..0   the item's offset in the mapping, in 16-byte units
  * A key's hash picks its home bucket. The buckets are split into nstripes
  * contiguous stripes of stripe_buckets each, one robust mutex per stripe. A
  * key lives in its home bucket or, when that is full, in one of the next
  * KV_MAX_PROBE-1 buckets of the same stripe (wrapping inside the stripe), so
  * one stripe lock covers everything about one key. The home bucket's
- * overflow count says how many of its keys live further on; a lookup that
- * misses in the home bucket stops there when the count is 0.
+ * overflow count says how many of its keys live further on. A lookup counts
+ * the slots it passes whose displacement points back at its home bucket and
+ * stops once it has seen that many: a miss usually reads one bucket, and a
+ * bucket that overflowed costs only the buckets up to its last displaced key.
+ * The index is sized for 60% slot load (nbuckets = max_items / 4.2): with
+ * 16-bucket windows the first full window then comes beyond max_items with
+ * high probability (simulated: first failure at 64-75% load for 1.5k to
+ * 1.5M buckets).
  *
  * ITEMS. An item is a 40-byte struct kv__item, the key, then the value
  * (counters keep their value in the header), padded to 16 bytes. Once
@@ -116,12 +125,12 @@
 #include <stdint.h>
 
 #define KV_MAGIC UINT64_C(0x314d48535643564b) /* "KVCSHM1" little-endian */
-#define KV_LAYOUT 1u
+#define KV_LAYOUT 1u /* = KVSHM_LAYOUT_VERSION */
 #define KV_CACHELINE 64u
 #define KV_HEADER_BYTES 4096u
 
 #define KV_BUCKET_SLOTS 7u
-#define KV_MAX_PROBE 4u          /* buckets a key may live in */
+#define KV_MAX_PROBE 16u         /* buckets a key may live in */
 #define KV_STAT_SHARDS 64u
 #define KV_MAX_LANES 8u
 #define KV_MAX_STRIPES 65536u
@@ -132,7 +141,9 @@
 #define KV_READ_RETRIES 64u
 
 /* slot words */
-#define KV_SLOT_OFF_MASK ((UINT64_C(1) << 48) - 1)
+#define KV_SLOT_OFF_MASK ((UINT64_C(1) << 44) - 1)
+#define KV_SLOT_DISP_SHIFT 44
+#define KV_SLOT_DISP_MASK UINT64_C(0xf)
 #define KV_SLOT_VISITED (UINT64_C(1) << 48)
 #define KV_SLOT_TAG_SHIFT 49
 #define KV_SLOT_TAG_MASK UINT64_C(0x7fff)
@@ -199,7 +210,8 @@ struct kv__header {
 	uint64_t nbuckets;        /* nstripes * stripe_buckets */
 	uint64_t segment_bytes;
 	/* region offsets */
-	uint64_t stats_off, lanes_off, cleaner_off, stripes_off, segtab_off;
+	uint64_t stats_off, lanes_off, cleaner_off, stripes_off, gens_off;
+	uint64_t segtab_off;
 	uint64_t index_off, data_off;
 	uint64_t header_check;    /* kv__header_check() over the fields above */
 
@@ -265,12 +277,14 @@ struct kv__stripe {
 	                             (release), so a read-only checker can tell
 	                             it raced a writer (acquire) */
 	alignas(KV_CACHELINE) struct kv__intent intent; /* (mutex) */
-	/* read by every lookup, so on a line writers rarely touch: the
-	 * clear_gen this stripe's buckets belong to. Lower than the header's
-	 * clear_gen means "logically empty; purge before use". Stored under the
-	 * mutex (release), read lock-free (acquire). */
-	alignas(KV_CACHELINE) _Atomic uint64_t gen;
 };
+
+/* The stripe generations: gens[i] is the clear_gen stripe i's buckets
+ * belong to; lower than the header's means "logically empty, purge before
+ * use". Read by every lookup, so they are packed 8 to a line, away from the
+ * contended mutexes. Stored under stripe i's mutex (release), read
+ * lock-free (acquire). */
+typedef _Atomic uint64_t kv__stripe_gen;
 
 /* The allocation segment table. state, owner and (except as below) used
  * are written under the cleaner mutex. The lane that owns an OPEN segment
@@ -317,6 +331,7 @@ _Static_assert(sizeof(struct kv__stat_shard) == 3 * KV_CACHELINE, "shard");
 _Static_assert(sizeof(struct kv__lane) <= 128, "lane");
 _Static_assert(sizeof(struct kv__cleaner) <= 128, "cleaner");
 _Static_assert(sizeof(struct kv__stripe) <= 256, "stripe");
+_Static_assert(sizeof(kv__stripe_gen) == 8, "stripe gen");
 _Static_assert(sizeof(struct kv__segment) == 64, "segment");
 _Static_assert(sizeof(struct kv__bucket) == KV_CACHELINE, "bucket");
 _Static_assert(sizeof(struct kv__item) == KV_ITEM_HDR, "item header");

@@ -127,7 +127,7 @@ bool kv__stripe_is_current(struct kvshm *kv, uint32_t stripe)
 {
 	uint64_t want = atomic_load_explicit(&kv->hdr->clear_gen,
 					     memory_order_acquire);
-	return atomic_load_explicit(&kv->stripes[stripe].gen,
+	return atomic_load_explicit(&kv->gens[stripe],
 				    memory_order_acquire) == want;
 }
 
@@ -339,22 +339,34 @@ static bool item_matches(struct kvshm *kv, const struct kv__key *k,
 	return memcmp((const uint8_t *)it + KV_ITEM_HDR, k->ptr, k->len) == 0;
 }
 
+/*
+ * Find k under its stripe lock. Only slots whose displacement leads back to
+ * k's home bucket can hold k; the home bucket's overflow count says how many
+ * such slots lie past it, so the walk stops once it has passed them all.
+ */
 bool kv__find_locked(struct kvshm *kv, const struct kv__key *k,
 		     struct kv__hit *hit)
 {
+	unsigned displaced = 0, seen = 0;
+
 	for (unsigned i = 0; i < KV_MAX_PROBE; i++) {
 		uint64_t b = kv__probe(kv, k->home, i);
 		struct kv__bucket *bk = bucket_at(kv, b);
+		if (i == 0)
+			displaced = meta_ovf(atomic_load_explicit(
+				&bk->meta, memory_order_relaxed));
 		for (unsigned s = 0; s < KV_BUCKET_SLOTS; s++) {
 			uint64_t w = atomic_load_explicit(&bk->slot[s],
 							  memory_order_relaxed);
-			if (w && item_matches(kv, k, w)) {
+			if (!w || kv__slot_disp(w) != i)
+				continue;
+			seen += i > 0;
+			if (item_matches(kv, k, w)) {
 				kv__hit_fill(kv, hit, b, s, w);
 				return true;
 			}
 		}
-		if (i == 0 && meta_ovf(atomic_load_explicit(
-				      &bk->meta, memory_order_relaxed)) == 0)
+		if (seen >= displaced)
 			break;
 	}
 	return false;
@@ -419,12 +431,13 @@ static KV_RACY_FN int read_candidate(struct kvshm *kv,
 	return KV_READ_HIT;
 }
 
-/* One optimistic pass over the key's probe window. */
+/* One optimistic pass over the key's probe window, stopping as
+ * kv__find_locked() does. Every bucket looked at is re-validated. */
 static int read_once(struct kvshm *kv, const struct kv__key *k, void *buf,
 		     size_t buflen, struct kv__hit *hit)
 {
-	uint64_t seen[KV_MAX_PROBE], metas[KV_MAX_PROBE];
-	unsigned nseen = 0;
+	uint64_t seen_b[KV_MAX_PROBE], metas[KV_MAX_PROBE];
+	unsigned nseen = 0, displaced = 0, passed = 0;
 	int r = KV_READ_MISS;
 
 	if (!kv__stripe_is_current(kv, k->stripe))
@@ -438,14 +451,19 @@ static int read_once(struct kvshm *kv, const struct kv__key *k, void *buf,
 						  memory_order_acquire);
 		if (m & 1)
 			return KV_READ_RETRY;
-		seen[nseen] = b;
+		seen_b[nseen] = b;
 		metas[nseen++] = m;
+		if (i == 0)
+			displaced = meta_ovf(m);
 		for (unsigned s = 0; s < KV_BUCKET_SLOTS; s++) {
 			/* acquire: pairs with the release store of the slot,
 			 * so the item bytes written before it are visible */
 			uint64_t w = atomic_load_explicit(&bk->slot[s],
 							  memory_order_acquire);
-			if (!w || !kv__slot_tag_matches(w, k->hash))
+			if (!w || kv__slot_disp(w) != i)
+				continue;
+			passed += i > 0;
+			if (!kv__slot_tag_matches(w, k->hash))
 				continue;
 			r = read_candidate(kv, k, w, buf, buflen, hit);
 			if (r == KV_READ_RETRY)
@@ -456,7 +474,7 @@ static int read_once(struct kvshm *kv, const struct kv__key *k, void *buf,
 				break;
 			}
 		}
-		if (i == 0 && meta_ovf(m) == 0)
+		if (passed >= displaced)
 			break;
 	}
 	/* acquire fence: the item reads above happen before the re-reads of
@@ -464,7 +482,7 @@ static int read_once(struct kvshm *kv, const struct kv__key *k, void *buf,
 	 * a sequence odd (a change we overlapped shows up as a new seq). */
 	KV_FENCE(memory_order_acquire);
 	for (unsigned i = 0; i < nseen; i++)
-		if (atomic_load_explicit(&bucket_at(kv, seen[i])->meta,
+		if (atomic_load_explicit(&bucket_at(kv, seen_b[i])->meta,
 					 memory_order_relaxed) != metas[i])
 			return KV_READ_RETRY;
 	return r;
@@ -620,20 +638,14 @@ disarm:
 	return err;
 }
 
-/* Home bucket of the item a slot word points at (stripe lock held). */
-static uint64_t item_home(struct kvshm *kv, uint64_t word)
-{
-	const struct kv__item *it = kv__item_at(kv, kv__slot_off(word));
-	return kv__home_bucket(kv, it->hash32);
-}
-
 /* Unlink the item at hit and count why (stripe lock held). */
 void kv__drop(struct kvshm *kv, uint32_t stripe, struct kv__hit *hit,
 	      enum kv__stat why)
 {
 	uint64_t size = kv__item_bytes(kv, kv__item_at(kv, hit->off));
 
-	kv__swap_slot(kv, stripe, hit, item_home(kv, hit->word), 0, -1,
+	kv__swap_slot(kv, stripe, hit, kv__slot_home(kv, hit->bucket, hit->word),
+		      0, -1,
 		      -(int64_t)size, NULL);
 	kv__live_add(kv, hit->off, -(int64_t)size);
 	if (why != KV_ST_COUNT)
@@ -756,7 +768,7 @@ void kv__purge_stripe(struct kvshm *kv, uint32_t stripe)
 	st->items = 0;
 	st->bytes = 0;
 	atomic_fetch_add_explicit(&st->wseq, 1, memory_order_release);
-	atomic_store_explicit(&st->gen, gen, memory_order_release);
+	atomic_store_explicit(&kv->gens[stripe], gen, memory_order_release);
 	KV_CRASHPOINT();
 	atomic_store_explicit(&st->intent.state, KV_INTENT_NONE,
 			      memory_order_release);
@@ -764,9 +776,10 @@ void kv__purge_stripe(struct kvshm *kv, uint32_t stripe)
 
 /*
  * Is the slot word w, found in bucket b of stripe, a sane link? Checks what
- * can be checked without the key's hash: the offset, the header, that the
- * item lies inside one allocation segment, and that b is in the probe window
- * of the item's home bucket. Used by the repair and by kvshm_check().
+ * can be checked without hashing the key: the offset, the header, that the
+ * item lies inside one allocation segment, and that the slot's displacement
+ * leads to the item's home bucket (*home). Used by the repair and by
+ * kvshm_check().
  */
 bool kv__slot_sane(struct kvshm *kv, uint64_t b, uint64_t w, uint64_t *home,
 		   uint64_t *size)
@@ -774,7 +787,8 @@ bool kv__slot_sane(struct kvshm *kv, uint64_t b, uint64_t w, uint64_t *home,
 	uint64_t off = kv__slot_off(w), seg_end;
 	const struct kv__item *it;
 
-	if (!kv__in_data(kv, off, KV_ITEM_HDR))
+	if (!kv__in_data(kv, off, KV_ITEM_HDR) ||
+	    kv__slot_disp(w) >= KV_MAX_PROBE)
 		return false;
 	it = kv__item_at(kv, off);
 	*size = kv__item_bytes(kv, it);
@@ -783,11 +797,8 @@ bool kv__slot_sane(struct kvshm *kv, uint64_t b, uint64_t w, uint64_t *home,
 	if (*size == 0 || off + *size > seg_end ||
 	    kv__seg_of(kv, off) >= kv->nsegs)
 		return false;
-	*home = kv__home_bucket(kv, it->hash32);
-	for (unsigned i = 0; i < KV_MAX_PROBE; i++)
-		if (kv__probe(kv, *home, i) == b)
-			return true;
-	return false;
+	*home = kv__slot_home(kv, b, w);
+	return kv__home_bucket(kv, it->hash32) == *home;
 }
 
 /*

@@ -79,6 +79,7 @@ struct kvshm {
 	struct kv__lane *lanes;
 	struct kv__cleaner *cleaner;
 	struct kv__stripe *stripes;
+	kv__stripe_gen *gens;
 	struct kv__segment *segs;
 	struct kv__bucket *buckets;
 	uint8_t *data;            /* base + data_off */
@@ -117,15 +118,37 @@ static inline uint64_t kv__probe(const struct kvshm *kv, uint64_t home,
 	return first + ((home - first + i) & (kv->stripe_buckets - 1));
 }
 
-static inline uint64_t kv__slot_word(uint64_t hash, uint64_t off)
+/* Displacement of bucket b from home, inside their stripe. */
+static inline unsigned kv__disp(const struct kvshm *kv, uint64_t home,
+				uint64_t b)
+{
+	return (unsigned)((b - home) & (kv->stripe_buckets - 1));
+}
+
+static inline uint64_t kv__slot_word(uint64_t hash, uint64_t off,
+				     unsigned disp)
 {
 	return ((hash & KV_SLOT_TAG_MASK) << KV_SLOT_TAG_SHIFT) |
-	       (off / KV_ITEM_ALIGN);
+	       ((uint64_t)disp << KV_SLOT_DISP_SHIFT) | (off / KV_ITEM_ALIGN);
 }
 
 static inline uint64_t kv__slot_off(uint64_t word)
 {
 	return (word & KV_SLOT_OFF_MASK) * KV_ITEM_ALIGN;
+}
+
+static inline unsigned kv__slot_disp(uint64_t word)
+{
+	return (unsigned)((word >> KV_SLOT_DISP_SHIFT) & KV_SLOT_DISP_MASK);
+}
+
+/* Home bucket of the key whose slot word w sits in bucket b. */
+static inline uint64_t kv__slot_home(const struct kvshm *kv, uint64_t b,
+				     uint64_t w)
+{
+	uint64_t first = b & ~(uint64_t)(kv->stripe_buckets - 1);
+	return first + ((b - first - kv__slot_disp(w)) &
+			(kv->stripe_buckets - 1));
 }
 
 static inline bool kv__slot_tag_matches(uint64_t word, uint64_t hash)

@@ -115,7 +115,9 @@ static int write_new(struct kvshm *kv, const struct kv__key *k,
 	it->uflags = v->kind == KV_KIND_COUNTER ? 0 : w->flags;
 
 	err = kv__swap_slot(kv, k->stripe, &where, k->home,
-			    kv__slot_word(k->hash, a.off), found ? 0 : 1,
+			    kv__slot_word(k->hash, a.off,
+				  kv__disp(kv, k->home, where.bucket)),
+			    found ? 0 : 1,
 			    (int64_t)a.size - (int64_t)old_size, &sw);
 	if (err)
 		goto out_stripe;
@@ -483,7 +485,9 @@ static int incr_locked(struct kvshm *kv, const struct kv__key *k,
 		atomic_store_explicit(&it->cvalue, (uint64_t)delta,
 				      memory_order_relaxed);
 		err = kv__swap_slot(kv, k->stripe, &where, k->home,
-				    kv__slot_word(k->hash, a.off), found ? 0 : 1,
+				    kv__slot_word(k->hash, a.off,
+				  kv__disp(kv, k->home, where.bucket)),
+			    found ? 0 : 1,
 				    (int64_t)a.size - (int64_t)old_size, &sw);
 		if (err)
 			goto unlock;

@@ -87,6 +87,8 @@ static int layout_compute(struct kv__header *h)
 	uint64_t arena = h->arena_bytes, want, fixed, nsegs_max, seg;
 	uint32_t sb = KV_STRIPE_BUCKETS;
 
+	_Static_assert(KV_MAX_ARENA / KV_ITEM_ALIGN <= KV_SLOT_OFF_MASK + 1,
+		       "slot words address the largest arena");
 	if (arena < KV_MIN_ARENA || arena > KV_MAX_ARENA ||
 	    h->max_key_bytes == 0 || h->max_key_bytes > UINT16_MAX ||
 	    h->max_value_bytes == 0 || h->max_value_bytes > arena / 4 ||
@@ -96,7 +98,7 @@ static int layout_compute(struct kv__header *h)
 			4096);
 	if (seg < 64 * 1024)
 		seg = 64 * 1024;
-	want = (h->max_items * 8 + 48) / 49; /* 7 slots at 7/8 load */
+	want = (h->max_items * 5 + 20) / 21; /* 7 slots at 60% load */
 	while (sb > KV_MAX_PROBE && want / sb < 16)
 		sb /= 2;
 	while ((want + sb - 1) / sb > KV_MAX_STRIPES)
@@ -109,8 +111,10 @@ static int layout_compute(struct kv__header *h)
 	h->lanes_off = h->stats_off + KV_STATS_BYTES;
 	h->cleaner_off = h->lanes_off + KV_MAX_LANES * KV_LANE_BYTES;
 	h->stripes_off = h->cleaner_off + KV_CLEANER_BYTES;
-	h->segtab_off = h->stripes_off + (uint64_t)h->nstripes *
-						 KV_STRIPE_BYTES;
+	h->gens_off = h->stripes_off + (uint64_t)h->nstripes * KV_STRIPE_BYTES;
+	h->segtab_off = kv__align(h->gens_off + (uint64_t)h->nstripes *
+							sizeof(kv__stripe_gen),
+				  KV_CACHELINE);
 	fixed = h->segtab_off + h->nbuckets * sizeof(struct kv__bucket);
 	if (fixed + 4 * seg > arena)
 		return -EINVAL; /* too small for its max_value_bytes/max_items */
@@ -350,6 +354,7 @@ static int header_validate(const struct kv__header *h, uint64_t size)
 	    expect.lanes_off != h->lanes_off ||
 	    expect.cleaner_off != h->cleaner_off ||
 	    expect.stripes_off != h->stripes_off ||
+	    expect.gens_off != h->gens_off ||
 	    expect.segtab_off != h->segtab_off ||
 	    expect.index_off != h->index_off || expect.data_off != h->data_off)
 		return -EBADMSG;
@@ -383,6 +388,7 @@ static void handle_fill(struct kvshm *kv, const struct kv__header *h)
 	kv->lanes = (void *)(kv->base + h->lanes_off);
 	kv->cleaner = (void *)(kv->base + h->cleaner_off);
 	kv->stripes = (void *)(kv->base + h->stripes_off);
+	kv->gens = (void *)(kv->base + h->gens_off);
 	kv->segs = (void *)(kv->base + h->segtab_off);
 	kv->buckets = (void *)(kv->base + h->index_off);
 	kv->data = kv->base + h->data_off;
