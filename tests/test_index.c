@@ -1,0 +1,180 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_index.c - white-box tests of the index (shm/index.c): the slot word
+ * encoding, lookups that stop early, capacity up to max_items, and the
+ * lock-free counter's refusal to touch memory that holds another item.
+ * Uses the internal header, so it links against the test archive.
+ */
+#include "testutil.h"
+
+#include "internal.h"
+
+#define T(f) cmocka_unit_test_setup_teardown(f, tu_setup_bare, tu_teardown)
+
+static void test_slot_word_round_trips_offset_disp_and_tag(void **state)
+{
+	struct kvshm kv = {.stripe_buckets = 256};
+	const uint64_t hash = UINT64_C(0x123456789abcdef1);
+	const uint64_t off = (UINT64_C(1) << 40) - 16; /* near the 1 TiB cap */
+	(void)state;
+
+	for (unsigned disp = 0; disp < KV_MAX_PROBE; disp++) {
+		uint64_t w = kv__slot_word(hash, off, disp);
+		uint64_t b = 512 + (7 + disp) % 256; /* home 519 in stripe 2 */
+		assert_int_equal(kv__slot_off(w), off);
+		assert_int_equal(kv__slot_disp(w), disp);
+		assert_true(kv__slot_tag_matches(w, hash));
+		assert_false(w & KV_SLOT_VISITED);
+		assert_int_equal(kv__slot_home(&kv, b, w), 519);
+	}
+	/* a home near the end of its stripe wraps inside the stripe */
+	assert_int_equal(kv__probe(&kv, 767, 3), 514);
+	assert_int_equal(kv__slot_home(&kv, 514, kv__slot_word(hash, off, 3)),
+			 767);
+}
+
+/* A store that may not evict takes about max_items small items before any
+ * index window is full (with too-short probe windows it stopped at ~42%). */
+static void test_noevict_store_holds_max_items_before_an_index_window_fills(
+	void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(KVSHM_NOEVICT, 8 * TU_MIB);
+	struct kvshm *kv = tu_create(fx, &o, NULL);
+	struct kvshm_stats st;
+	char key[32];
+	uint64_t n = 0;
+	int rc;
+
+	assert_ok(kvshm_stats(kv, &st));
+	for (;;) {
+		snprintf(key, sizeof(key), "k-%012llu", (unsigned long long)n);
+		rc = kvshm_set(kv, key, strlen(key), "v", 1, 0);
+		if (rc)
+			break;
+		n++;
+	}
+	assert_kv(rc, -ENOSPC);
+	assert_ok(kvshm_stats(kv, &st));
+	print_message("NOEVICT 8 MiB: %llu small items of max_items %llu, "
+		      "index-full refusals %llu\n",
+		      (unsigned long long)n, (unsigned long long)st.max_items,
+		      (unsigned long long)st.fail_index_full);
+	assert_true(n >= st.max_items * 95 / 100);
+	tu_check(kv);
+}
+
+/* Lookups of missing keys in a store whose buckets rarely overflow read
+ * only the home bucket: the overflow count lets them stop there. */
+static void test_miss_in_a_bucket_without_overflow_reads_one_bucket(
+	void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, 8 * TU_MIB);
+	struct kvshm *kv = tu_create(fx, &o, NULL);
+	struct kv__key k;
+	struct kv__hit hit;
+	unsigned checked = 0;
+
+	assert_ok(kvshm_set(kv, KS("present"), "v", 1, 0));
+	for (unsigned i = 0; i < 1000; i++) {
+		char key[32];
+		snprintf(key, sizeof(key), "missing-%u", i);
+		kv__key_init(kv, &k, key, strlen(key));
+		if ((atomic_load(&kv->buckets[k.home].meta) >>
+		     KV_META_OVF_SHIFT) != 0)
+			continue;
+		/* poison the next bucket's meta: a read of it would retry
+		 * forever (odd seq), so a miss that returns read only home */
+		uint64_t next = kv__probe(kv, k.home, 1);
+		uint64_t m = atomic_load(&kv->buckets[next].meta);
+		atomic_store(&kv->buckets[next].meta, m | 1);
+		assert_int_equal(kv__read(kv, &k, NULL, 0, &hit), 0);
+		atomic_store(&kv->buckets[next].meta, m);
+		checked++;
+	}
+	assert_true(checked > 900);
+	tu_check(kv);
+}
+
+/*
+ * The regression behind the lock-free incr: a process finds a counter,
+ * stalls, and meanwhile the counter is replaced and its memory reused. Its
+ * CAS must refuse memory whose version has another creation id, and must
+ * refuse a frozen (unlinked) counter.
+ */
+static void test_lock_free_incr_refuses_memory_of_another_item(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, 4 * TU_MIB);
+	struct kvshm *kv = tu_create(fx, &o, NULL);
+	struct kv__key k;
+	struct kv__hit hit;
+	struct kv__item *it;
+	int64_t v = 0, res;
+	uint64_t saved_v, saved_c;
+
+	assert_ok(kvshm_incr(kv, KS("ctr"), 5, 0, &v));
+	kv__key_init(kv, &k, "ctr", 3);
+	assert_int_equal(kv__read(kv, &k, NULL, 0, &hit), 1);
+	it = kv__item_at(kv, hit.off);
+	saved_v = atomic_load(&it->version);
+	saved_c = atomic_load(&it->cvalue);
+
+	/* the same item: the stale view still works, and bumps the version */
+	assert_ok(kv__counter_add(kv, hit.off, hit.version, 1, &res));
+	assert_int_equal(res, 6);
+
+	/* reuse: the memory now holds an item with another creation id */
+	atomic_store(&it->version,
+		     saved_v + (UINT64_C(1) << KV_VER_ID_SHIFT) + 1);
+	assert_kv(kv__counter_add(kv, hit.off, hit.version, 1, &res), -EAGAIN);
+	assert_int_equal(atomic_load(&it->cvalue), saved_c + 1); /* untouched */
+
+	/* frozen (unlinked or being moved): refused too */
+	atomic_store(&it->version, (saved_v + 1) | KV_VER_FROZEN);
+	assert_kv(kv__counter_add(kv, hit.off, hit.version, 1, &res), -EAGAIN);
+
+	/* put it back as it was, so the store checks clean */
+	atomic_store(&it->version, saved_v + 1);
+	assert_ok(kvshm_counter(kv, KS("ctr"), &v));
+	assert_int_equal(v, 6);
+	tu_check(kv);
+}
+
+/* After 4095 lock-free increments the write count is used up: the next
+ * incr makes a new item (new creation id) and the value carries over. */
+static void test_incr_past_the_write_count_carries_the_value_over(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, 4 * TU_MIB);
+	struct kvshm *kv = tu_create(fx, &o, NULL);
+	struct kvshm_item item;
+	uint64_t first_id;
+	int64_t v = 0, buf;
+
+	assert_ok(kvshm_incr(kv, KS("ctr"), 1, 0, &v));
+	assert_ok(kvshm_get_ex(kv, KS("ctr"), &buf, sizeof(buf), &item, 0));
+	first_id = item.cas >> KV_VER_ID_SHIFT;
+	for (int i = 0; i < 10000; i++)
+		assert_ok(kvshm_incr(kv, KS("ctr"), 1, 0, &v));
+	assert_int_equal(v, 10001);
+	assert_ok(kvshm_get_ex(kv, KS("ctr"), &buf, sizeof(buf), &item, 0));
+	assert_true(item.counter);
+	assert_int_equal(buf, 10001);
+	assert_true((item.cas >> KV_VER_ID_SHIFT) != first_id);
+	tu_check(kv);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		T(test_slot_word_round_trips_offset_disp_and_tag),
+		T(test_noevict_store_holds_max_items_before_an_index_window_fills),
+		T(test_miss_in_a_bucket_without_overflow_reads_one_bucket),
+		T(test_lock_free_incr_refuses_memory_of_another_item),
+		T(test_incr_past_the_write_count_carries_the_value_over),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
