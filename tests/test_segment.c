@@ -1,0 +1,208 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_segment.c - the segment's life cycle (shm/segment.c): what attaching
+ * refuses (another layout or lock ABI, a damaged header, another PID
+ * namespace), waiting for a creator that never finishes, system call
+ * failures during creation, and kvshm_check() finding damage in the index.
+ */
+#include "testutil.h"
+
+#include "internal.h"
+#include "testing.h"
+
+#include <fcntl.h>
+#include <sched.h>
+
+#define T(f) cmocka_unit_test_setup_teardown(f, tu_setup_bare, tu_teardown)
+
+/* Create a file-path store, close it, and return its path. */
+static const char *made_store(struct tu_fx *fx, const char *leaf)
+{
+	struct kvshm_options o = tu_opts(KVSHM_CREATE | KVSHM_EXCL, 2 * TU_MIB);
+	const char *path = tu_new_path(fx, leaf);
+	struct kvshm *kv;
+
+	assert_ok(kvshm_open(path, &o, &kv));
+	assert_ok(kvshm_set(kv, KS("k"), "v", 1, 0));
+	kvshm_close(kv);
+	return path;
+}
+
+static void poke(const char *path, off_t off, const void *bytes, size_t len)
+{
+	int fd = open(path, O_WRONLY);
+
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite(fd, bytes, len, off), (ssize_t)len);
+	close(fd);
+}
+
+static int try_open(const char *path)
+{
+	struct kvshm *kv = NULL;
+	int rc = kvshm_open(path, NULL, &kv);
+
+	if (rc == 0)
+		kvshm_close(kv);
+	return rc;
+}
+
+static void test_segment_of_another_layout_version_is_refused(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	const char *path = made_store(fx, "layout");
+	const uint32_t other = KV_LAYOUT + 1;
+
+	poke(path, offsetof(struct kv__header, layout), &other, sizeof(other));
+	assert_kv(try_open(path), -EPROTONOSUPPORT);
+}
+
+static void test_segment_of_another_lock_abi_is_refused(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	const char *path = made_store(fx, "abi");
+	const uint64_t other = kv__abi_fingerprint() ^ 0x28; /* mutex size */
+
+	poke(path, offsetof(struct kv__header, abi), &other, sizeof(other));
+	assert_kv(try_open(path), -EPROTONOSUPPORT);
+}
+
+/* A header field changed behind the checksum's back, and a header whose
+ * geometry does not recompute from its parameters, are both refused. */
+static void test_segment_with_a_damaged_header_is_refused(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	const char *path = made_store(fx, "damaged");
+	const uint64_t off = 12345;
+
+	poke(path, offsetof(struct kv__header, data_off), &off, sizeof(off));
+	assert_kv(try_open(path), -EBADMSG);
+}
+
+/* Child: from a new PID namespace, try to attach; exit with -rc. */
+static void open_from_new_pidns(void *arg)
+{
+	const char *path = arg;
+	pid_t pid;
+	int status;
+
+	if (unshare(CLONE_NEWPID) != 0)
+		_exit(100); /* not permitted here: the test is skipped */
+	pid = fork(); /* the first child lives in the new namespace */
+	if (pid == 0)
+		_exit(-try_open(path));
+	waitpid(pid, &status, 0);
+	_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 101);
+}
+
+static void test_segment_from_another_pid_namespace_is_refused(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	const char *path = made_store(fx, "pidns");
+	int status = tu_wait(fx, tu_spawn(fx, open_from_new_pidns,
+					  (void *)path));
+
+	assert_true(WIFEXITED(status));
+	if (WEXITSTATUS(status) == 100)
+		skip(); /* unshare(CLONE_NEWPID) needs privileges */
+	assert_int_equal(WEXITSTATUS(status), EXDEV);
+}
+
+/* Child: create an empty object, hold its init lock, and never finish. */
+static void stuck_creator(void *arg)
+{
+	const char *path = arg;
+	struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
+			   .l_start = 0, .l_len = 1};
+	int fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+
+	if (fd < 0 || fcntl(fd, F_OFD_SETLK, &fl) != 0)
+		_exit(1);
+	pause();
+}
+
+static void test_open_waits_for_a_stuck_creator_then_times_out(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	const char *path = tu_new_path(fx, "stuck");
+	struct timespec t0, t1;
+	pid_t pid = tu_spawn(fx, stuck_creator, (void *)path);
+	struct stat st;
+	double waited;
+
+	while (stat(path, &st) != 0) /* until the child made it */
+		tu_sleep_ms(1);
+	tu_sleep_ms(20);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	assert_kv(try_open(path), -ETIMEDOUT);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	waited = (double)(t1.tv_sec - t0.tv_sec) +
+		 (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+	assert_true(waited >= 4.0); /* it waited for the creator first */
+	kill(pid, SIGKILL);
+	tu_wait(fx, pid);
+	/* with the creator dead, KVSHM_CREATE takes the object over */
+	struct kvshm_options o = tu_opts(KVSHM_CREATE, 2 * TU_MIB);
+	struct kvshm *kv = tu_open(fx, path, &o);
+	assert_ok(kvshm_set(kv, KS("k"), "v", 1, 0));
+}
+
+/* Failed system calls during creation leave no store behind. */
+static void test_failed_creation_leaves_nothing_behind(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(KVSHM_CREATE, 2 * TU_MIB);
+	long *faults[] = {&kv__test_fail_ftruncate, &kv__test_fail_mmap,
+			  &kv__test_fail_getrandom};
+
+	for (size_t i = 0; i < sizeof(faults) / sizeof(faults[0]); i++) {
+		const char *name = tu_new_name(fx, "fault");
+		struct kvshm *kv = NULL;
+		*faults[i] = 1;
+		assert_true(kvshm_open(name, &o, &kv) < 0);
+		*faults[i] = 0;
+		assert_null(kv);
+		assert_kv(kvshm_open(name, NULL, &kv), -ENOENT);
+	}
+}
+
+/* kvshm_check() reports a slot that points outside the data area, and
+ * passes again once the slot is put back. */
+static void test_check_reports_a_damaged_slot(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, 2 * TU_MIB);
+	struct kvshm *kv = tu_create(fx, &o, NULL);
+	struct kv__key k;
+	struct kv__hit hit;
+	char report[1024];
+	_Atomic uint64_t *slot;
+	uint64_t saved;
+
+	assert_ok(kvshm_set(kv, KS("victim"), "v", 1, 0));
+	kv__key_init(kv, &k, "victim", 6);
+	assert_int_equal(kv__read(kv, &k, NULL, 0, &hit), 1);
+	slot = &kv->buckets[hit.bucket].slot[hit.slot];
+	saved = atomic_load(slot);
+	atomic_store(slot, (saved & ~KV_SLOT_OFF_MASK) | 1); /* offset 16 */
+	assert_kv(kvshm_check(kv, report, sizeof(report)), -EUCLEAN);
+	print_message("report: %s", report);
+	assert_non_null(strstr(report, "bad link"));
+	atomic_store(slot, saved);
+	assert_ok(kvshm_check(kv, report, sizeof(report)));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		T(test_segment_of_another_layout_version_is_refused),
+		T(test_segment_of_another_lock_abi_is_refused),
+		T(test_segment_with_a_damaged_header_is_refused),
+		T(test_segment_from_another_pid_namespace_is_refused),
+		T(test_open_waits_for_a_stuck_creator_then_times_out),
+		T(test_failed_creation_leaves_nothing_behind),
+		T(test_check_reports_a_damaged_slot),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
