@@ -325,6 +325,35 @@ int kvshm_counter(struct kvshm *kv, const void *key, size_t klen,
 
 /* ---- changing existing keys --------------------------------------------- */
 
+/*
+ * The common start of delete and expire: check the key, lock its stripe and
+ * find it live. Returns 0 with the stripe locked and *hit filled, or an
+ * error (-ENOENT for a missing or expired key) with nothing locked. An
+ * expired item found on the way is reclaimed: this is a write of its key.
+ */
+static int lock_live(struct kvshm *kv, const void *key, size_t klen,
+		     struct kv__key *k, struct kv__hit *hit)
+{
+	int64_t now = 0;
+	int err = check_key(kv, key, klen);
+
+	if (!err)
+		err = check_writable(kv);
+	if (err)
+		return err;
+	kv__key_init(kv, k, key, klen);
+	err = kv__stripe_lock(kv, k->stripe);
+	if (err)
+		return err;
+	if (kv__find_locked(kv, k, hit)) {
+		if (!kv__is_expired(hit->expires_at, &now))
+			return 0;
+		kv__drop(kv, k->stripe, hit, KV_ST_EXPIRED);
+	}
+	kv__stripe_unlock(kv, k->stripe);
+	return -ENOENT;
+}
+
 /* Delete key, if its version is cas when check_cas. */
 static int delete_key(struct kvshm *kv, const void *key, size_t klen,
 		      bool check_cas, uint64_t cas)
@@ -332,35 +361,18 @@ static int delete_key(struct kvshm *kv, const void *key, size_t klen,
 	struct kv__key k;
 	struct kv__hit hit;
 	struct kv__swap sw = {.check_cas = check_cas, .cas = cas};
-	int64_t now = 0;
 	uint64_t size;
-	int err = check_key(kv, key, klen);
+	int err = lock_live(kv, key, klen, &k, &hit);
 
-	if (!err)
-		err = check_writable(kv);
 	if (err)
 		return err;
-	kv__key_init(kv, &k, key, klen);
-	err = kv__stripe_lock(kv, k.stripe);
-	if (err)
-		return err;
-	if (!kv__find_locked(kv, &k, &hit)) {
-		err = -ENOENT;
-		goto out;
-	}
-	if (kv__is_expired(hit.expires_at, &now)) {
-		kv__drop(kv, k.stripe, &hit, KV_ST_EXPIRED);
-		err = -ENOENT;
-		goto out;
-	}
 	size = kv__item_bytes(kv, kv__item_at(kv, hit.off));
 	err = kv__swap_slot(kv, k.stripe, &hit, k.home, 0, -1, -(int64_t)size,
 			    &sw);
-	if (err)
-		goto out;
-	kv__live_add(kv, hit.off, -(int64_t)size);
-	kv__stat_inc(kv, KV_ST_DELETES);
-out:
+	if (err == 0) {
+		kv__live_add(kv, hit.off, -(int64_t)size);
+		kv__stat_inc(kv, KV_ST_DELETES);
+	}
 	kv__stripe_unlock(kv, k.stripe);
 	return err;
 }
@@ -384,30 +396,19 @@ int kvshm_expire(struct kvshm *kv, const void *key, size_t klen,
 	struct kv__key k;
 	struct kv__hit hit;
 	int64_t now = 0, expires;
-	int err = check_key(kv, key, klen);
+	int err = lock_live(kv, key, klen, &k, &hit);
 
-	if (!err)
-		err = check_writable(kv);
 	if (err)
 		return err;
-	kv__key_init(kv, &k, key, klen);
-	err = kv__stripe_lock(kv, k.stripe);
-	if (err)
-		return err;
-	if (!kv__find_locked(kv, &k, &hit) ||
-	    kv__is_expired(hit.expires_at, &now)) {
-		err = -ENOENT;
-	} else {
-		expires = expiry_for(kv, ttl_ms, 0, &now);
-		KV_CRASHPOINT();
-		atomic_store_explicit(&kv__item_at(kv, hit.off)->expires_at,
-				      expires, memory_order_release);
-		kv__note_expiry(kv, hit.off, expires);
-		atomic_fetch_add_explicit(&kv->stripes[k.stripe].wseq, 1,
-					  memory_order_release);
-	}
+	expires = expiry_for(kv, ttl_ms, 0, &now);
+	KV_CRASHPOINT();
+	atomic_store_explicit(&kv__item_at(kv, hit.off)->expires_at, expires,
+			      memory_order_release);
+	kv__note_expiry(kv, hit.off, expires);
+	atomic_fetch_add_explicit(&kv->stripes[k.stripe].wseq, 1,
+				  memory_order_release);
 	kv__stripe_unlock(kv, k.stripe);
-	return err;
+	return 0;
 }
 
 /* ---- counters ----------------------------------------------------------- */

@@ -85,59 +85,9 @@ static const char *const op_names[OP_COUNT] = {
 
 /* ---- the in-process table: the limit ----------------------------------- */
 
-/* SipHash-1-3 (the hash kvshm's index uses), so the comparison is about
- * everything but the hash. */
-static uint64_t rotl64(uint64_t x, unsigned b)
-{
-	return (x << b) | (x >> (64 - b));
-}
-
-#define SIPROUND                                                               \
-	do {                                                                   \
-		v0 += v1;                                                      \
-		v1 = rotl64(v1, 13);                                           \
-		v1 ^= v0;                                                      \
-		v0 = rotl64(v0, 32);                                           \
-		v2 += v3;                                                      \
-		v3 = rotl64(v3, 16);                                           \
-		v3 ^= v2;                                                      \
-		v0 += v3;                                                      \
-		v3 = rotl64(v3, 21);                                           \
-		v3 ^= v0;                                                      \
-		v2 += v1;                                                      \
-		v1 = rotl64(v1, 17);                                           \
-		v1 ^= v2;                                                      \
-		v2 = rotl64(v2, 32);                                           \
-	} while (0)
-
-/* Native-endian loads: a big-endian host gets a different but equally
- * good hash, which is all the table needs. */
-static uint64_t siphash13(const uint64_t k[2], const uint8_t *p, size_t len)
-{
-	uint64_t v0 = UINT64_C(0x736f6d6570736575) ^ k[0];
-	uint64_t v1 = UINT64_C(0x646f72616e646f6d) ^ k[1];
-	uint64_t v2 = UINT64_C(0x6c7967656e657261) ^ k[0];
-	uint64_t v3 = UINT64_C(0x7465646279746573) ^ k[1];
-	uint64_t b = (uint64_t)len << 56, m;
-	size_t i;
-
-	for (i = 0; i + 8 <= len; i += 8) {
-		memcpy(&m, p + i, 8);
-		v3 ^= m;
-		SIPROUND;
-		v0 ^= m;
-	}
-	for (unsigned s = 0; i < len; i++, s += 8)
-		b |= (uint64_t)p[i] << s;
-	v3 ^= b;
-	SIPROUND;
-	v0 ^= b;
-	v2 ^= 0xff;
-	SIPROUND;
-	SIPROUND;
-	SIPROUND;
-	return v0 ^ v1 ^ v2 ^ v3;
-}
+/* The table hashes with the library's own SipHash-1-3 (shm/hash.c, linked
+ * from libkvshm.a), so the comparison is about everything but the hash. */
+uint64_t kv__siphash13(const uint64_t key[2], const void *data, size_t len);
 
 /* Open addressing, linear probing, load <= 1/2, keys of exactly KEY_LEN
  * bytes, values up to VAL_LEN inline. hash 0 = empty slot. */
@@ -169,7 +119,7 @@ static int tbl_init(struct tbl *t, size_t nkeys)
 
 static struct tbl_slot *tbl_find(struct tbl *t, const uint8_t *key, bool insert)
 {
-	uint64_t h = siphash13(t->seed, key, KEY_LEN) | 1;
+	uint64_t h = kv__siphash13(t->seed, key, KEY_LEN) | 1;
 
 	for (size_t i = h & t->mask;; i = (i + 1) & t->mask) {
 		struct tbl_slot *s = &t->slot[i];
