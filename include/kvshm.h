@@ -307,6 +307,25 @@ KVSHM_API int kvshm_sweep(struct kvshm *kv, size_t max_items,
  */
 KVSHM_API int kvshm_check(struct kvshm *kv, char *report, size_t report_len);
 
+/*
+ * The janitor role. At most one live process at a time is a store's janitor
+ * (kvshm-janitor claims it); the store is correct without one, a janitor
+ * only reclaims memory sooner and reports problems sooner.
+ *
+ * kvshm_janitor_claim() makes this handle the janitor: it takes an OFD lock
+ * on the segment, which the kernel drops when the process dies or the handle
+ * is closed, and records this process's pid and a first heartbeat.
+ * Errors: -EBUSY another process is the janitor (kvshm_stats() gives its
+ * pid); -EROFS; -EALREADY this handle already is.
+ * kvshm_janitor_heartbeat() records that the janitor is alive (now, in
+ * Unix ms); -EPERM if this handle is not the janitor.
+ * kvshm_janitor_release() gives the role up; -EPERM if not the janitor.
+ * All three are for one thread at a time per handle.
+ */
+KVSHM_API int kvshm_janitor_claim(struct kvshm *kv);
+KVSHM_API int kvshm_janitor_heartbeat(struct kvshm *kv);
+KVSHM_API int kvshm_janitor_release(struct kvshm *kv);
+
 /* A snapshot of the store's geometry, occupancy and counters. Counters are
  * cumulative since creation and approximate while other processes run. */
 struct kvshm_stats {
@@ -347,6 +366,12 @@ struct kvshm_stats {
 	                             repaired */
 	uint64_t read_retries;    /* optimistic reads retried */
 	uint64_t read_fallbacks;  /* optimistic reads that fell back to a lock */
+	/* the janitor */
+	uint64_t janitor_alive;   /* 1 if a janitor process holds the role */
+	uint64_t janitor_pid;     /* its pid (as it recorded it), 0 if none */
+	uint64_t janitor_heartbeat_ms; /* Unix ms of its last heartbeat, 0 if
+	                                  none */
+	uint64_t janitor_started_ms;   /* Unix ms when it claimed the role */
 };
 
 /* Fill *st. Works on read-only handles. Errors: -EINVAL. */

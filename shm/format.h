@@ -221,7 +221,19 @@ struct kv__header {
 	/* mutable, own cache line: kvshm_sweep()'s resume point (relaxed; any
 	 * value is a valid place to resume) */
 	alignas(KV_CACHELINE) _Atomic uint64_t sweep_pos;
+	/* mutable, own cache line: the janitor's record. Written only by the
+	 * holder of the janitor OFD lock (byte KV_JANITOR_LOCK_BYTE of the
+	 * object), relaxed: readers only display them, and whether a janitor
+	 * is alive is asked of the lock, never of these fields. */
+	alignas(KV_CACHELINE) _Atomic uint64_t janitor_pid;
+	_Atomic uint64_t janitor_started_ms;
+	_Atomic uint64_t janitor_heartbeat_ms;
 };
+
+/* Bytes of the segment object used as OFD locks (fcntl F_OFD_SETLK): the
+ * creator's init lock, and the janitor role. */
+#define KV_INIT_LOCK_BYTE 0
+#define KV_JANITOR_LOCK_BYTE 1
 
 /* One shard of the statistics. A thread adds to the shard picked by its
  * thread index (relaxed fetch_add: counts need no ordering), so the shards

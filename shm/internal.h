@@ -65,7 +65,9 @@ void kv__crashpoint(void);
 struct kvshm {
 	uint8_t *base;            /* the mapping */
 	size_t map_bytes;
+	int fd;                   /* the object, kept for its OFD locks */
 	bool rdonly;
+	bool janitor;             /* this handle holds the janitor lock */
 	bool noevict;
 
 	uint64_t seed[2];
@@ -304,6 +306,7 @@ uint64_t kv__largest_free(struct kvshm *kv, uint64_t *free_segs,
 			  uint64_t *free_bytes);
 
 /* ---- segment.c ---- */
+bool kv__janitor_lock_held(struct kvshm *kv);
 uint64_t kv__abi_fingerprint(void);
 uint64_t kv__header_check(const struct kv__header *h);
 

@@ -214,23 +214,37 @@ int kvshm_unlink(const char *name)
 	return err ? -errno : 0;
 }
 
-/* ---- the init lock (an OFD lock on byte 0) ------------------------------ */
+/* ---- OFD locks on bytes of the object -------------------------------------
+ * Byte KV_INIT_LOCK_BYTE: held by whoever initialises the segment.
+ * Byte KV_JANITOR_LOCK_BYTE: held by the janitor. The kernel drops an OFD
+ * lock when its open file description is closed, so a dead process never
+ * holds one, whatever PID it had. */
 
-static int init_lock(int fd, short type)
+static int ofd_lock(int fd, off_t byte, short type)
 {
 	struct flock fl = {.l_type = type, .l_whence = SEEK_SET,
-			   .l_start = 0, .l_len = 1};
+			   .l_start = byte, .l_len = 1};
 	return fcntl(fd, F_OFD_SETLK, &fl) ? -errno : 0;
 }
 
-/* Does another open file description hold the init lock? */
-static bool init_lock_held(int fd)
+/* Does another open file description hold a lock on byte? */
+static bool ofd_lock_held(int fd, off_t byte)
 {
 	struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
-			   .l_start = 0, .l_len = 1};
+			   .l_start = byte, .l_len = 1};
 	if (fcntl(fd, F_OFD_GETLK, &fl))
 		return false;
 	return fl.l_type != F_UNLCK;
+}
+
+static int init_lock(int fd, short type)
+{
+	return ofd_lock(fd, KV_INIT_LOCK_BYTE, type);
+}
+
+static bool init_lock_held(int fd)
+{
+	return ofd_lock_held(fd, KV_INIT_LOCK_BYTE);
 }
 
 static void pidns_id(uint64_t *dev, uint64_t *ino)
@@ -555,11 +569,15 @@ static int open_checked(const char *name, const struct kvshm_options *o,
 		if (fd < 0)
 			return fd;
 		err = attach_once(fd, rdonly, kv);
+		if (err == KV_ATTACHED) {
+			kv->fd = fd; /* kept for the OFD locks */
+			return 0;
+		}
 		if (err == KV_ABANDONED)
 			err = may_init ? init_if_needed(fd, &params, mode)
 				       : -EBADMSG;
 		close(fd);
-		if (err < 0 || err == KV_ATTACHED)
+		if (err < 0)
 			return err;
 		/* KV_NOT_READY: someone is initialising it, wait; or
 		 * init_if_needed() just initialised it: attach now */
@@ -605,5 +623,62 @@ void kvshm_close(struct kvshm *kv)
 	if (!kv)
 		return;
 	munmap(kv->base, kv->map_bytes);
+	close(kv->fd); /* drops the janitor lock, if we held it */
 	free(kv);
+}
+
+/* ---- the janitor role ----------------------------------------------------- */
+
+bool kv__janitor_lock_held(struct kvshm *kv)
+{
+	return kv->janitor || ofd_lock_held(kv->fd, KV_JANITOR_LOCK_BYTE);
+}
+
+int kvshm_janitor_claim(struct kvshm *kv)
+{
+	struct kv__header *h;
+	int64_t now;
+	int err;
+
+	if (!kv)
+		return -EINVAL;
+	if (kv->rdonly)
+		return -EROFS;
+	if (kv->janitor)
+		return -EALREADY;
+	err = ofd_lock(kv->fd, KV_JANITOR_LOCK_BYTE, F_WRLCK);
+	if (err)
+		return err == -EAGAIN || err == -EACCES ? -EBUSY : err;
+	kv->janitor = true;
+	h = kv->hdr;
+	now = kv__now_ms();
+	atomic_store_explicit(&h->janitor_pid, (uint64_t)getpid(),
+			      memory_order_relaxed);
+	atomic_store_explicit(&h->janitor_started_ms, (uint64_t)now,
+			      memory_order_relaxed);
+	atomic_store_explicit(&h->janitor_heartbeat_ms, (uint64_t)now,
+			      memory_order_relaxed);
+	return 0;
+}
+
+int kvshm_janitor_heartbeat(struct kvshm *kv)
+{
+	if (!kv)
+		return -EINVAL;
+	if (!kv->janitor)
+		return -EPERM;
+	atomic_store_explicit(&kv->hdr->janitor_heartbeat_ms,
+			      (uint64_t)kv__now_ms(), memory_order_relaxed);
+	return 0;
+}
+
+int kvshm_janitor_release(struct kvshm *kv)
+{
+	if (!kv)
+		return -EINVAL;
+	if (!kv->janitor)
+		return -EPERM;
+	atomic_store_explicit(&kv->hdr->janitor_pid, 0, memory_order_relaxed);
+	kv->janitor = false;
+	return ofd_lock(kv->fd, KV_JANITOR_LOCK_BYTE, F_UNLCK);
 }

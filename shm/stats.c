@@ -129,6 +129,15 @@ int kvshm_stats(struct kvshm *kv, struct kvshm_stats *st)
 	st->lock_recoveries = stat_sum(kv, KV_ST_LOCK_RECOVERIES);
 	st->read_retries = stat_sum(kv, KV_ST_READ_RETRIES);
 	st->read_fallbacks = stat_sum(kv, KV_ST_READ_FALLBACKS);
+	st->janitor_alive = kv__janitor_lock_held(kv);
+	if (st->janitor_alive) {
+		st->janitor_pid = atomic_load_explicit(&kv->hdr->janitor_pid,
+						       memory_order_relaxed);
+		st->janitor_started_ms = atomic_load_explicit(
+			&kv->hdr->janitor_started_ms, memory_order_relaxed);
+	}
+	st->janitor_heartbeat_ms = atomic_load_explicit(
+		&kv->hdr->janitor_heartbeat_ms, memory_order_relaxed);
 	return 0;
 }
 
@@ -160,8 +169,10 @@ const char *kvshm_strerror(int err)
 	case EUCLEAN: return "consistency check failed";
 	case ENOMEM: return "out of memory";
 	case EAGAIN: return "resource busy, try again";
-	case EBUSY: return "busy";
+	case EBUSY: return "busy (another janitor is running?)";
 	case EIO: return "input/output error";
+	case EPERM: return "operation not permitted";
+	case EALREADY: return "already done";
 	case ENAMETOOLONG: return "store name too long";
 	default: return "unknown error";
 	}

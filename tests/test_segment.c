@@ -192,6 +192,63 @@ static void test_check_reports_a_damaged_slot(void **state)
 	assert_ok(kvshm_check(kv, report, sizeof(report)));
 }
 
+/* Child: claim the janitor role of the store named arg, report, wait. */
+struct janitor_arg {
+	const char *name;
+	int fd[2];
+};
+
+static void janitor_child(void *arg)
+{
+	struct janitor_arg *a = arg;
+	struct kvshm *kv;
+	int rc = kvshm_open(a->name, NULL, &kv);
+
+	if (rc == 0)
+		rc = kvshm_janitor_claim(kv);
+	if (write(a->fd[1], &rc, sizeof(rc)) != sizeof(rc))
+		_exit(1);
+	pause();
+}
+
+static void test_janitor_role_has_one_holder_and_dies_with_it(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, 2 * TU_MIB);
+	const char *name;
+	struct kvshm *kv = tu_create(fx, &o, &name);
+	struct janitor_arg a = {.name = name};
+	struct kvshm_stats st;
+	pid_t pid;
+	int rc = -1;
+
+	assert_ok(kvshm_stats(kv, &st));
+	assert_int_equal(st.janitor_alive, 0);
+	assert_int_equal(pipe(a.fd), 0);
+	pid = tu_spawn(fx, janitor_child, &a);
+	assert_int_equal(read(a.fd[0], &rc, sizeof(rc)), sizeof(rc));
+	assert_ok(rc);
+	assert_ok(kvshm_stats(kv, &st));
+	assert_int_equal(st.janitor_alive, 1);
+	assert_int_equal(st.janitor_pid, pid);
+	assert_true(st.janitor_heartbeat_ms > 0);
+	assert_kv(kvshm_janitor_claim(kv), -EBUSY);
+	assert_kv(kvshm_janitor_heartbeat(kv), -EPERM);
+
+	kill(pid, SIGKILL); /* the kernel drops its lock */
+	tu_wait(fx, pid);
+	assert_ok(kvshm_stats(kv, &st));
+	assert_int_equal(st.janitor_alive, 0);
+	assert_ok(kvshm_janitor_claim(kv));
+	assert_kv(kvshm_janitor_claim(kv), -EALREADY);
+	assert_ok(kvshm_janitor_heartbeat(kv));
+	assert_ok(kvshm_stats(kv, &st));
+	assert_int_equal(st.janitor_pid, getpid());
+	assert_ok(kvshm_janitor_release(kv));
+	close(a.fd[0]);
+	close(a.fd[1]);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -202,6 +259,7 @@ int main(void)
 		T(test_open_waits_for_a_stuck_creator_then_times_out),
 		T(test_failed_creation_leaves_nothing_behind),
 		T(test_check_reports_a_damaged_slot),
+		T(test_janitor_role_has_one_holder_and_dies_with_it),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
