@@ -4,8 +4,10 @@
 # and examples. Everything a build makes goes to build/$(BUILD)/.
 #
 # Targets
-#   all (default)  libkvshm.a, libkvshm.so.X.Y.Z (+ .so.X, .so links), examples
+#   all (default)  libkvshm.a, libkvshm.so.X.Y.Z (+ .so.X, .so links), tools,
+#                  examples
 #   libs           the two installable libraries only
+#   tools          daemon/kvshm-*.c -> build/$(BUILD)/bin/NAME (<kvshm.h> only)
 #   examples       examples/*.c     -> build/$(BUILD)/examples/NAME (<kvshm.h> only)
 #   bench          tests/bench/*.c  -> build/$(BUILD)/bench/NAME
 #   tests          tests/test_*.c   -> build/$(BUILD)/tests/test_NAME (build only)
@@ -24,7 +26,8 @@
 #   WERROR=0       do not turn warnings into errors (for packagers)
 #   TESTS="..."    run only these tests: make test TESTS="test_foo test_bar.sh"
 #   TEST_TIMEOUT   seconds each test may run (default 300)
-#   PREFIX, LIBDIR, INCLUDEDIR, PKGCONFIGDIR, DESTDIR   for install
+#   PREFIX, LIBDIR, INCLUDEDIR, PKGCONFIGDIR, BINDIR, MANDIR, SYSTEMDUNITDIR,
+#   DESTDIR        for install
 #   CC, CXX, CPPFLAGS, CFLAGS, LDFLAGS   appended after the project's flags
 #   V=1            print whole commands
 
@@ -120,10 +123,19 @@ TEST_HELPER_OBJS := $(patsubst tests/%.c,$(O)/tests/%.o,\
 
 BENCH_BINS := $(patsubst tests/bench/%.c,$(O)/bench/%,$(wildcard tests/bench/*.c))
 EXAMPLE_BINS := $(patsubst examples/%.c,$(O)/examples/%,$(wildcard examples/*.c))
+# The operator tools: each daemon/kvshm-*.c is one program; other
+# daemon/*.c files are helpers linked into every tool.
+TOOL_BINS := $(patsubst daemon/%.c,$(O)/bin/%,$(wildcard daemon/kvshm-*.c))
+TOOL_HELPER_OBJS := $(patsubst daemon/%.c,$(O)/daemon/%.o,\
+	$(filter-out daemon/kvshm-%.c,$(wildcard daemon/*.c)))
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
 
 # include/kvshm.h is left out: it is the manual, hand-laid tables included.
 FORMAT_SRCS := $(wildcard shm/*.c shm/*.h tests/*.c tests/*.h \
-	tests/bench/*.c tests/bench/*.h examples/*.c examples/*.h)
+	tests/bench/*.c tests/bench/*.h examples/*.c examples/*.h \
+	daemon/*.c daemon/*.h)
 
 HAVE_CMOCKA := $(or $(wildcard /usr/include/cmocka.h),\
 	$(shell pkg-config --exists cmocka 2>/dev/null && echo yes))
@@ -143,11 +155,13 @@ endif
 
 # ---- top-level targets -----------------------------------------------------
 
-.PHONY: all libs examples bench tests test demo check-header install \
+.PHONY: all libs tools examples bench tests test demo check-header install \
 	uninstall deps format clean FORCE
 .DEFAULT_GOAL := all
 
-all: libs examples
+all: libs tools examples
+
+tools: $(TOOL_BINS)
 libs: $(STATIC_LIB) $(SHARED_LIB) $(SHARED_LINKS)
 examples: $(EXAMPLE_BINS)
 bench: $(BENCH_BINS)
@@ -182,6 +196,12 @@ $(O)/bench/%.o: tests/bench/%.c $(O)/.flags
 	$(call msg,CC,$@)
 	@mkdir -p $(@D)
 	$(Q)$(CC) $(ALL_CFLAGS) -Iinclude -Ishm -c -o $@ $<
+
+# The tools are API users too: <kvshm.h> and their own daemon/*.h only.
+$(O)/daemon/%.o: daemon/%.c $(O)/.flags
+	$(call msg,CC,$@)
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(ALL_CFLAGS) -Iinclude -Idaemon -c -o $@ $<
 
 # Examples are API users: they see <kvshm.h> and nothing else.
 $(O)/examples/%.o: examples/%.c $(O)/.flags
@@ -225,6 +245,11 @@ $(EXAMPLE_BINS): $(O)/examples/%: $(O)/examples/%.o $(STATIC_LIB)
 	$(call msg,LD,$@)
 	$(Q)$(CC) $(ALL_LDFLAGS) -o $@ $< $(STATIC_LIB) $(LDLIBS)
 
+$(TOOL_BINS): $(O)/bin/%: $(O)/daemon/%.o $(TOOL_HELPER_OBJS) $(STATIC_LIB)
+	$(call msg,LD,$@)
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(ALL_LDFLAGS) -o $@ $< $(TOOL_HELPER_OBJS) $(STATIC_LIB) $(LDLIBS)
+
 # ---- running tests ---------------------------------------------------------
 
 # Builds everything first (so examples and benchmarks are compiled in every
@@ -245,7 +270,7 @@ test:
 		exit 1; \
 	fi
 else
-test: libs examples bench $(TEST_BINS)
+test: libs tools examples bench $(TEST_BINS)
 	@pass=0; fail=0; failed=; \
 	[ -n "$(strip $(TEST_BINS) $(TEST_SCRIPTS))" ] || \
 		echo "note: no tests found (tests/test_*.c, tests/test_*.sh)"; \
@@ -306,6 +331,14 @@ install: libs $(O)/kvshm.pc
 	ln -sf libkvshm.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libkvshm.so
 	$(INSTALL) -m 644 $(O)/kvshm.pc $(DESTDIR)$(PKGCONFIGDIR)/kvshm.pc
+	$(INSTALL) -d $(DESTDIR)$(BINDIR)
+	$(if $(TOOL_BINS),$(INSTALL) -m 755 $(TOOL_BINS) $(DESTDIR)$(BINDIR)/)
+	$(foreach sec,1 8,$(if $(wildcard daemon/*.$(sec)),\
+		$(INSTALL) -d $(DESTDIR)$(MANDIR)/man$(sec) && \
+		$(INSTALL) -m 644 $(wildcard daemon/*.$(sec)) $(DESTDIR)$(MANDIR)/man$(sec)/;))
+	$(if $(wildcard daemon/*.service),\
+		$(INSTALL) -d $(DESTDIR)$(SYSTEMDUNITDIR) && \
+		$(INSTALL) -m 644 $(wildcard daemon/*.service) $(DESTDIR)$(SYSTEMDUNITDIR)/)
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/kvshm.h $(DESTDIR)$(LIBDIR)/libkvshm.a \
@@ -331,4 +364,5 @@ clean:
 FORCE:
 
 -include $(LIB_OBJS:.o=.d) $(TLIB_OBJS:.o=.d) $(TEST_BINS:=.d) \
-	$(TEST_HELPER_OBJS:.o=.d) $(BENCH_BINS:=.d) $(EXAMPLE_BINS:=.d)
+	$(TEST_HELPER_OBJS:.o=.d) $(BENCH_BINS:=.d) $(EXAMPLE_BINS:=.d) \
+	$(TOOL_HELPER_OBJS:.o=.d) $(patsubst $(O)/bin/%,$(O)/daemon/%.d,$(TOOL_BINS))
