@@ -182,6 +182,24 @@ KVSHM_API int kvshm_open(const char *name, const struct kvshm_options *opts,
  * must not use kv (from any thread) after or during this call. */
 KVSHM_API void kvshm_close(struct kvshm *kv);
 
+/*
+ * Give the store called name a new size (opts->arena_bytes, required) and
+ * index capacity (opts->max_items, 0 = derived), keeping its key and value
+ * limits, default TTL, NOEVICT flag and mode. Every live item is copied with
+ * its value, flags, counter value and expiry; then the old segment is
+ * retired and the new one takes its name. Processes that have the store
+ * open keep working throughout and move to the new segment by themselves on
+ * their next operation; no acknowledged write is lost (a write that meets a
+ * part already copied waits, at most until the copy ends, and goes to the
+ * new segment). Versions are not carried over: a CAS across a resize gets
+ * -ESTALE. If the resizing process dies, the store goes back to the old
+ * segment (or on to the new one, if it was already in place) by itself.
+ * Errors: -EINVAL; -ENOENT no such store; -EBUSY another resize is running;
+ * -ENOSPC the live items do not fit the new size (nothing changes); the
+ * errors of kvshm_open().
+ */
+KVSHM_API int kvshm_resize(const char *name, const struct kvshm_options *opts);
+
 /* Remove the store's name. Processes that have it open keep using the
  * memory until they close it; new opens no longer find it. Errors: -EINVAL,
  * -ENOENT, -EACCES. */

@@ -38,28 +38,28 @@
 
 /* ---- segment helpers ---------------------------------------------------- */
 
-static inline struct kv__segment *seg_at(struct kvshm *kv, uint32_t s)
+static inline struct kv__segment *seg_at(struct kv__seg *kv, uint32_t s)
 {
 	return &kv->segs[s];
 }
 
-static inline uint32_t seg_state(struct kvshm *kv, uint32_t s)
+static inline uint32_t seg_state(struct kv__seg *kv, uint32_t s)
 {
 	return atomic_load_explicit(&kv->segs[s].state, memory_order_acquire);
 }
 
-static inline void seg_set_state(struct kvshm *kv, uint32_t s, uint32_t st)
+static inline void seg_set_state(struct kv__seg *kv, uint32_t s, uint32_t st)
 {
 	KV_CRASHPOINT();
 	atomic_store_explicit(&kv->segs[s].state, st, memory_order_release);
 }
 
-static inline uint64_t seg_base(const struct kvshm *kv, uint32_t s)
+static inline uint64_t seg_base(const struct kv__seg *kv, uint32_t s)
 {
 	return kv->data_off + (uint64_t)s * kv->segment_bytes;
 }
 
-void kv__live_add(struct kvshm *kv, uint64_t off, int64_t bytes)
+void kv__live_add(struct kv__seg *kv, uint64_t off, int64_t bytes)
 {
 	uint32_t s = kv__seg_of(kv, off);
 	if (s < kv->nsegs)
@@ -67,7 +67,7 @@ void kv__live_add(struct kvshm *kv, uint64_t off, int64_t bytes)
 					  memory_order_relaxed);
 }
 
-void kv__note_expiry(struct kvshm *kv, uint64_t off, int64_t expires_at)
+void kv__note_expiry(struct kv__seg *kv, uint64_t off, int64_t expires_at)
 {
 	uint32_t s = kv__seg_of(kv, off);
 	int64_t want = expires_at ? expires_at : INT64_MAX;
@@ -84,7 +84,7 @@ void kv__note_expiry(struct kvshm *kv, uint64_t off, int64_t expires_at)
 		;
 }
 
-static void seg_reset(struct kvshm *kv, uint32_t s)
+static void seg_reset(struct kv__seg *kv, uint32_t s)
 {
 	struct kv__segment *sg = seg_at(kv, s);
 
@@ -95,7 +95,7 @@ static void seg_reset(struct kvshm *kv, uint32_t s)
 }
 
 /* First segment in state st, or KV_NO_SEG (cleaner mutex held). */
-static uint32_t seg_find(struct kvshm *kv, uint32_t st)
+static uint32_t seg_find(struct kv__seg *kv, uint32_t st)
 {
 	for (uint32_t s = 0; s < kv->nsegs; s++)
 		if (seg_state(kv, s) == st)
@@ -105,14 +105,14 @@ static uint32_t seg_find(struct kvshm *kv, uint32_t st)
 
 /* ---- lanes -------------------------------------------------------------- */
 
-int kv__lane_repair(struct kvshm *kv, void *what)
+int kv__lane_repair(struct kv__seg *kv, void *what)
 {
 	(void)kv;
 	(void)what;
 	return 0; /* see LANES above: a lane has nothing to repair */
 }
 
-static int lane_lock(struct kvshm *kv, uint32_t *lane)
+static int lane_lock(struct kv__seg *kv, uint32_t *lane)
 {
 	uint32_t n = kv->nlanes, pref = kv__self.lane;
 	int err;
@@ -141,7 +141,7 @@ static int lane_lock(struct kvshm *kv, uint32_t *lane)
 }
 
 /* The lane's segment, if it is a valid OPEN segment owned by it. */
-static uint32_t lane_seg(struct kvshm *kv, uint32_t lane)
+static uint32_t lane_seg(struct kv__seg *kv, uint32_t lane)
 {
 	uint32_t s = atomic_load_explicit(&kv->lanes[lane].seg,
 					  memory_order_acquire);
@@ -157,7 +157,7 @@ static uint32_t lane_seg(struct kvshm *kv, uint32_t lane)
 
 /* Seal the lane's segment and give it one with room for size bytes (lane
  * mutex held; takes the cleaner mutex). -ENOSPC: none is free. */
-static int lane_refill(struct kvshm *kv, uint32_t lane, uint64_t size)
+static int lane_refill(struct kv__seg *kv, uint32_t lane, uint64_t size)
 {
 	struct kv__lane *ln = &kv->lanes[lane];
 	uint32_t old, pick = KV_NO_SEG;
@@ -200,7 +200,7 @@ static int lane_refill(struct kvshm *kv, uint32_t lane, uint64_t size)
 
 /* Write an unlinked item at off. Its atomic fields are stored atomically:
  * a stale optimistic reader may still be looking at this memory. */
-static void item_write(struct kvshm *kv, uint64_t off,
+static void item_write(struct kv__seg *kv, uint64_t off,
 		       const struct kv__key *k, const void *val, size_t vlen,
 		       unsigned kind)
 {
@@ -229,7 +229,7 @@ static void item_write(struct kvshm *kv, uint64_t off,
  * caller can link the item first. Reclaims memory when the store is full.
  * Errors: -E2BIG (can never fit), -ENOSPC, lock errors.
  */
-int kv__alloc_item(struct kvshm *kv, const struct kv__key *k, const void *val,
+int kv__alloc_item(struct kv__seg *kv, const struct kv__key *k, const void *val,
 		   size_t vlen, unsigned kind, bool may_evict,
 		   struct kv__alloc *a)
 {
@@ -288,7 +288,7 @@ int kv__alloc_item(struct kvshm *kv, const struct kv__key *k, const void *val,
 	return err;
 }
 
-void kv__alloc_done(struct kvshm *kv, const struct kv__alloc *a)
+void kv__alloc_done(struct kv__seg *kv, const struct kv__alloc *a)
 {
 	kv__unlock(&kv->lanes[a->lane].mutex);
 }
@@ -301,7 +301,7 @@ void kv__alloc_done(struct kvshm *kv, const struct kv__alloc *a)
  * SEALED, which the cleaner will empty. A DRAINING victim is left for the
  * next reclaim to finish. Bounded by nsegs + nlanes.
  */
-int kv__cleaner_repair(struct kvshm *kv, void *what)
+int kv__cleaner_repair(struct kv__seg *kv, void *what)
 {
 	(void)what;
 	for (uint32_t s = 0; s < kv->nsegs; s++)
@@ -339,7 +339,7 @@ int kv__cleaner_repair(struct kvshm *kv, void *what)
 
 /* Estimated live bytes of a segment: its hint, clamped, or 0 when every
  * item in it has expired. */
-static uint64_t seg_live(struct kvshm *kv, uint32_t s, int64_t now)
+static uint64_t seg_live(struct kv__seg *kv, uint32_t s, int64_t now)
 {
 	struct kv__segment *sg = seg_at(kv, s);
 	int64_t live = atomic_load_explicit(&sg->live_hint,
@@ -357,7 +357,7 @@ static uint64_t seg_live(struct kvshm *kv, uint32_t s, int64_t now)
 
 /* The sealed or partial segment with the least live data: garbage first.
  * With !may_evict it must free at least need bytes. */
-static uint32_t pick_victim(struct kvshm *kv, bool may_evict, uint64_t need)
+static uint32_t pick_victim(struct kv__seg *kv, bool may_evict, uint64_t need)
 {
 	int64_t now = kv__now_ms();
 	uint32_t best = KV_NO_SEG;
@@ -382,7 +382,7 @@ static uint32_t pick_victim(struct kvshm *kv, bool may_evict, uint64_t need)
 
 /* The cleaner's destination: the current DEST, else an empty RESERVE or
  * FREE segment made DEST, else none. */
-static uint32_t dest_get(struct kvshm *kv)
+static uint32_t dest_get(struct kv__seg *kv)
 {
 	uint32_t d = seg_find(kv, KV_SEG_DEST);
 
@@ -403,7 +403,7 @@ struct kv__drain {
 
 /* Find the slot linking the item at off, among the slots of home's probe
  * window that lead back to home (stripe lock held). */
-static bool find_by_offset(struct kvshm *kv, uint64_t home, uint64_t off,
+static bool find_by_offset(struct kv__seg *kv, uint64_t home, uint64_t off,
 			   struct kv__hit *hit)
 {
 	unsigned displaced = (unsigned)(atomic_load_explicit(
@@ -434,7 +434,7 @@ static bool find_by_offset(struct kvshm *kv, uint64_t home, uint64_t off,
 /* Copy the linked item at hit into the destination and swap the slot to
  * the copy (stripe lock held). The copy keeps the item's version: moving is
  * not a write. */
-static int relocate(struct kvshm *kv, uint32_t stripe, struct kv__hit *hit,
+static int relocate(struct kv__seg *kv, uint32_t stripe, struct kv__hit *hit,
 		    uint64_t home, uint64_t size, struct kv__drain *d)
 {
 	struct kv__segment *dg = seg_at(kv, d->dest);
@@ -475,7 +475,7 @@ static int relocate(struct kvshm *kv, uint32_t stripe, struct kv__hit *hit,
 
 /* Handle one item of the victim: if still linked, drop, move or evict it.
  * Takes the item's stripe lock (cleaner mutex held). */
-static int drain_one(struct kvshm *kv, uint64_t off, uint32_t hash32,
+static int drain_one(struct kv__seg *kv, uint64_t off, uint32_t hash32,
 		     uint64_t size, struct kv__drain *d)
 {
 	uint64_t home = kv__home_bucket(kv, hash32);
@@ -514,7 +514,7 @@ out:
 
 /* The victim's items cannot be walked (corrupt header): unlink every slot
  * that points into it, one stripe lock at a time. */
-static int unlink_all_in(struct kvshm *kv, uint32_t victim)
+static int unlink_all_in(struct kv__seg *kv, uint32_t victim)
 {
 	for (uint32_t st = 0; st < kv->nstripes; st++) {
 		uint64_t first = (uint64_t)st * kv->stripe_buckets;
@@ -541,7 +541,7 @@ static int unlink_all_in(struct kvshm *kv, uint32_t victim)
 
 /* Walk the victim's items in order. Every length read from the segment is
  * bounded by the segment before it is used to step. */
-static int drain(struct kvshm *kv, struct kv__drain *d)
+static int drain(struct kv__seg *kv, struct kv__drain *d)
 {
 	uint64_t base = seg_base(kv, d->victim);
 	uint64_t used = atomic_load_explicit(&seg_at(kv, d->victim)->used,
@@ -572,7 +572,7 @@ static int drain(struct kvshm *kv, struct kv__drain *d)
  * item waiting for room. Errors: -ENOSPC nothing can be freed (no victim,
  * or only by evicting when !may_evict), lock errors.
  */
-int kv__reclaim(struct kvshm *kv, bool may_evict, uint64_t need)
+int kv__reclaim(struct kv__seg *kv, bool may_evict, uint64_t need)
 {
 	struct kv__drain d = {.may_evict = may_evict,
 			      .move_budget = kv->segment_bytes / 2};
@@ -617,10 +617,10 @@ unlock:
 	return err;
 }
 
-/* For kvshm_stats(): the largest item that fits without reclaiming, the
+/* For kv__stats(): the largest item that fits without reclaiming, the
  * number of empty segments and the bytes not yet written in any segment.
  * Reads without locks; approximate by nature. */
-uint64_t kv__largest_free(struct kvshm *kv, uint64_t *free_segs,
+uint64_t kv__largest_free(struct kv__seg *kv, uint64_t *free_segs,
 			  uint64_t *unwritten)
 {
 	uint64_t largest = 0;

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * check.c - kvshm_check(): verify the whole segment and explain what is
+ * check.c - kv__check(): verify the whole segment and explain what is
  * wrong. Reads everything, writes nothing but its report (and, on a
  * writable handle, takes each stripe lock in turn, which may run a repair).
  */
@@ -50,7 +50,7 @@ struct stripe_tally {
 /* Check one linked item: the slot's link, the key's hash, the segment it
  * lives in, and that no earlier slot in the probe order holds the same
  * key (which would hide this one). */
-static void check_slot(struct kvshm *kv, struct report *r, uint64_t b,
+static void check_slot(struct kv__seg *kv, struct report *r, uint64_t b,
 		       unsigned s, uint64_t w, struct stripe_tally *t)
 {
 	uint64_t home, size, off = kv__slot_off(w);
@@ -98,7 +98,7 @@ static void check_slot(struct kvshm *kv, struct report *r, uint64_t b,
 }
 
 /* Check one stripe; the caller holds its lock or re-checks wseq. */
-static void check_stripe(struct kvshm *kv, struct report *r, uint32_t stripe,
+static void check_stripe(struct kv__seg *kv, struct report *r, uint32_t stripe,
 			 struct stripe_tally *t)
 {
 	struct kv__stripe *st = &kv->stripes[stripe];
@@ -155,7 +155,7 @@ static void check_stripe(struct kvshm *kv, struct report *r, uint32_t stripe,
 
 /* A read-only handle cannot lock: check, then make sure no writer changed
  * the stripe meanwhile (wseq unchanged, no intent armed), else retry. */
-static int check_stripe_optimistic(struct kvshm *kv, struct report *r,
+static int check_stripe_optimistic(struct kv__seg *kv, struct report *r,
 				   uint32_t stripe, struct stripe_tally *t)
 {
 	struct kv__stripe *st = &kv->stripes[stripe];
@@ -179,7 +179,7 @@ static int check_stripe_optimistic(struct kvshm *kv, struct report *r,
 	return -EBUSY;
 }
 
-static void check_header(struct kvshm *kv, struct report *r)
+static void check_header(struct kv__seg *kv, struct report *r)
 {
 	const struct kv__header *h = kv->hdr;
 
@@ -196,7 +196,7 @@ static void check_header(struct kvshm *kv, struct report *r)
 
 /* Segment states and lanes; the cleaner lock is held on writable handles
  * so the states are not changing under us. */
-static void check_segments(struct kvshm *kv, struct report *r)
+static void check_segments(struct kv__seg *kv, struct report *r)
 {
 	unsigned draining = 0;
 
@@ -230,7 +230,7 @@ static void check_segments(struct kvshm *kv, struct report *r)
 		problem(r, "%u segments draining at once\n", draining);
 }
 
-int kvshm_check(struct kvshm *kv, char *report, size_t report_len)
+int kv__check(struct kv__seg *kv, char *report, size_t report_len)
 {
 	struct report r = {.buf = report, .len = report_len};
 	uint64_t items = 0, bytes = 0;

@@ -101,7 +101,7 @@
  *     new word the change stands. Either way the owner then rebuilds what is
  *     derived from the slots (even sequences, overflow counts, item and byte
  *     totals), clearing any slot that does not verify, and only then calls
- *     pthread_mutex_consistent(). A purge after kvshm_clear() is redone.
+ *     pthread_mutex_consistent(). A purge after kv__clear() is redone.
  *   lane: only its segment's `used` cursor matters, advanced by one store
  *     after the item bytes are written; nothing to repair. A half-written
  *     item past `used` is overwritten later; one below it that was never
@@ -215,10 +215,15 @@ struct kv__header {
 	uint64_t index_off, data_off;
 	uint64_t header_check;    /* kv__header_check() over the fields above */
 
-	/* mutable, own cache line: written by kvshm_clear() (atomic add,
+	/* mutable, own cache line: written by kv__clear() (atomic add,
 	 * release) and read by every operation (acquire) */
 	alignas(KV_CACHELINE) _Atomic uint64_t clear_gen;
-	/* mutable, own cache line: kvshm_sweep()'s resume point (relaxed; any
+	/* on the same line, read by every operation (acquire): KV_LIFE_*.
+	 * Changed only by kvshm_resize() (release), or by the process that
+	 * rolls back a resize whose resizer died (holding the resize lock). */
+	_Atomic uint64_t life;
+	_Atomic uint64_t resizer_pid; /* names the resize's temporary segment */
+	/* mutable, own cache line: kv__sweep()'s resume point (relaxed; any
 	 * value is a valid place to resume) */
 	alignas(KV_CACHELINE) _Atomic uint64_t sweep_pos;
 	/* mutable, own cache line: the janitor's record. Written only by the
@@ -234,10 +239,21 @@ struct kv__header {
  * creator's init lock, and the janitor role. */
 #define KV_INIT_LOCK_BYTE 0
 #define KV_JANITOR_LOCK_BYTE 1
+#define KV_RESIZE_LOCK_BYTE 2
+
+/* header.life: a segment is live, being copied by kvshm_resize(), or
+ * retired (its name now belongs to the copy). */
+#define KV_LIFE_LIVE 0u
+#define KV_LIFE_MIGRATING 1u
+#define KV_LIFE_RETIRED 2u
+
+/* A stripe generation with this bit set: kvshm_resize() has copied the
+ * stripe; writers must wait for the retirement and use the new segment. */
+#define KV_GEN_MOVED (UINT64_C(1) << 63)
 
 /* One shard of the statistics. A thread adds to the shard picked by its
  * thread index (relaxed fetch_add: counts need no ordering), so the shards
- * are not lines that every process writes. kvshm_stats() sums them. */
+ * are not lines that every process writes. kv__stats() sums them. */
 enum kv__stat {
 	KV_ST_HITS, KV_ST_MISSES, KV_ST_SETS, KV_ST_DELETES, KV_ST_INCRS,
 	KV_ST_EVICTIONS, KV_ST_EXPIRED, KV_ST_EXPIRED_SWEPT, KV_ST_CLEARS,

@@ -81,12 +81,12 @@ static inline uint64_t meta_make(uint64_t seq, unsigned ovf)
 	return (seq & KV_META_SEQ_MASK) | ((uint64_t)ovf << KV_META_OVF_SHIFT);
 }
 
-static inline struct kv__bucket *bucket_at(struct kvshm *kv, uint64_t b)
+static inline struct kv__bucket *bucket_at(struct kv__seg *kv, uint64_t b)
 {
 	return &kv->buckets[b];
 }
 
-void kv__key_init(const struct kvshm *kv, struct kv__key *k, const void *key,
+void kv__key_init(const struct kv__seg *kv, struct kv__key *k, const void *key,
 		  size_t klen)
 {
 	k->ptr = key;
@@ -108,7 +108,7 @@ bool kv__is_expired(int64_t expires_at, int64_t *now)
 /* Size of a linked item, from its header; 0 if the header is not sane.
  * Callers hold the item's stripe lock, so the header is stable, but it is
  * still shared memory: bounded before use. */
-uint64_t kv__item_bytes(const struct kvshm *kv, const struct kv__item *it)
+uint64_t kv__item_bytes(const struct kv__seg *kv, const struct kv__item *it)
 {
 	unsigned kind = it->kind;
 	size_t klen = it->klen, vlen = it->vlen;
@@ -121,36 +121,43 @@ uint64_t kv__item_bytes(const struct kvshm *kv, const struct kv__item *it)
 }
 
 /* The stripe's buckets belong to the current clear generation. Both loads
- * acquire: they pair with the release stores in kvshm_clear() and in
+ * acquire: they pair with the release stores in kv__clear() and in
  * kv__purge_stripe(). */
-bool kv__stripe_is_current(struct kvshm *kv, uint32_t stripe)
+bool kv__stripe_is_current(struct kv__seg *kv, uint32_t stripe)
 {
 	uint64_t want = atomic_load_explicit(&kv->hdr->clear_gen,
 					     memory_order_acquire);
-	return atomic_load_explicit(&kv->gens[stripe],
-				    memory_order_acquire) == want;
+	return (atomic_load_explicit(&kv->gens[stripe], memory_order_acquire) &
+		~KV_GEN_MOVED) == want;
 }
 
-int kv__stripe_lock(struct kvshm *kv, uint32_t stripe)
+int kv__stripe_lock(struct kv__seg *kv, uint32_t stripe)
 {
 	struct kv__stripe *st = &kv->stripes[stripe];
 	int err = kv__lock(kv, &st->mutex, kv__stripe_repair, st);
 
 	if (err)
 		return err;
+	/* relaxed: the mutex orders it; MOVED is only set under it */
+	if (KV_UNLIKELY(atomic_load_explicit(&kv->gens[stripe],
+					     memory_order_relaxed) &
+			KV_GEN_MOVED)) {
+		kv__unlock(&st->mutex);
+		return KV_EMOVED;
+	}
 	if (KV_UNLIKELY(!kv__stripe_is_current(kv, stripe)))
 		kv__purge_stripe(kv, stripe);
 	return 0;
 }
 
-void kv__stripe_unlock(struct kvshm *kv, uint32_t stripe)
+void kv__stripe_unlock(struct kv__seg *kv, uint32_t stripe)
 {
 	kv__unlock(&kv->stripes[stripe].mutex);
 }
 
 /* ---- versions and counters -------------------------------------------- */
 
-uint64_t kv__new_version(struct kvshm *kv, uint32_t stripe)
+uint64_t kv__new_version(struct kv__seg *kv, uint32_t stripe)
 {
 	struct kv__stripe *st = &kv->stripes[stripe];
 	uint64_t id;
@@ -225,7 +232,7 @@ static KV_RACY_FN bool counter_load(struct kv__item *it, uint64_t *v,
  * creation id differs and we back off; the only way to match is for value
  * bytes to reproduce exactly a version and value this counter had.
  */
-int kv__counter_add(struct kvshm *kv, uint64_t off, uint64_t seen,
+int kv__counter_add(struct kv__seg *kv, uint64_t off, uint64_t seen,
 		    int64_t delta, int64_t *result)
 {
 	struct kv__item *it = kv__item_at(kv, off);
@@ -254,7 +261,7 @@ int kv__counter_add(struct kvshm *kv, uint64_t off, uint64_t seen,
  * -ESTALE unless its version is cas. hit->version/cvalue get the frozen
  * values. Non-counters are immutable, so they only get the version check.
  */
-int kv__freeze(struct kvshm *kv, struct kv__hit *hit, bool check_cas,
+int kv__freeze(struct kv__seg *kv, struct kv__hit *hit, bool check_cas,
 	       uint64_t cas)
 {
 	struct kv__item *it = kv__item_at(kv, hit->off);
@@ -283,7 +290,7 @@ int kv__freeze(struct kvshm *kv, struct kv__hit *hit, bool check_cas,
 }
 
 /* Undo kv__freeze() (repair of an unpublished change, or a failed CAS). */
-void kv__unfreeze(struct kvshm *kv, uint64_t off)
+void kv__unfreeze(struct kv__seg *kv, uint64_t off)
 {
 	struct kv__item *it = kv__item_at(kv, off);
 	uint64_t v, c;
@@ -298,7 +305,7 @@ void kv__unfreeze(struct kvshm *kv, uint64_t off)
 /* ---- lookups ------------------------------------------------------------ */
 
 /* Fill hit from the item at off (caller holds the stripe lock). */
-void kv__hit_fill(struct kvshm *kv, struct kv__hit *hit, uint64_t b,
+void kv__hit_fill(struct kv__seg *kv, struct kv__hit *hit, uint64_t b,
 		     unsigned slot, uint64_t word)
 {
 	struct kv__item *it = kv__item_at(kv, kv__slot_off(word));
@@ -323,7 +330,7 @@ void kv__hit_fill(struct kvshm *kv, struct kv__hit *hit, uint64_t b,
 }
 
 /* Does the linked item at word hold key k? (stripe lock held) */
-static bool item_matches(struct kvshm *kv, const struct kv__key *k,
+static bool item_matches(struct kv__seg *kv, const struct kv__key *k,
 			 uint64_t word)
 {
 	uint64_t off = kv__slot_off(word);
@@ -344,7 +351,7 @@ static bool item_matches(struct kvshm *kv, const struct kv__key *k,
  * k's home bucket can hold k; the home bucket's overflow count says how many
  * such slots lie past it, so the walk stops once it has passed them all.
  */
-bool kv__find_locked(struct kvshm *kv, const struct kv__key *k,
+bool kv__find_locked(struct kv__seg *kv, const struct kv__key *k,
 		     struct kv__hit *hit)
 {
 	unsigned displaced = 0, seen = 0;
@@ -379,7 +386,7 @@ enum { KV_READ_MISS = 0, KV_READ_HIT = 1, KV_READ_RETRY = 2 };
  * is untrusted until the caller validates the bucket sequence: each field is
  * read once and bounded before it is used for anything.
  */
-static KV_RACY_FN int read_candidate(struct kvshm *kv,
+static KV_RACY_FN int read_candidate(struct kv__seg *kv,
 				     const struct kv__key *k, uint64_t word,
 				     void *buf, size_t buflen,
 				     struct kv__hit *hit)
@@ -433,7 +440,7 @@ static KV_RACY_FN int read_candidate(struct kvshm *kv,
 
 /* One optimistic pass over the key's probe window, stopping as
  * kv__find_locked() does. Every bucket looked at is re-validated. */
-static int read_once(struct kvshm *kv, const struct kv__key *k, void *buf,
+static int read_once(struct kv__seg *kv, const struct kv__key *k, void *buf,
 		     size_t buflen, struct kv__hit *hit)
 {
 	uint64_t seen_b[KV_MAX_PROBE], metas[KV_MAX_PROBE];
@@ -508,7 +515,7 @@ static void backoff(unsigned attempt)
  * changing: the caller falls back to the stripe lock). Read-only handles,
  * which may not lock, keep retrying for up to ~2 s before -EAGAIN.
  */
-int kv__read(struct kvshm *kv, const struct kv__key *k, void *buf,
+int kv__read(struct kv__seg *kv, const struct kv__key *k, void *buf,
 	     size_t buflen, struct kv__hit *hit)
 {
 	unsigned limit = kv->rdonly ? 40000 : KV_READ_RETRIES;
@@ -528,7 +535,7 @@ int kv__read(struct kvshm *kv, const struct kv__key *k, void *buf,
 
 /* Set the slot's visited bit after a hit, if it is still the same item.
  * The CAS fails harmlessly if a writer changed the slot meanwhile. */
-void kv__mark_visited(struct kvshm *kv, const struct kv__hit *hit)
+void kv__mark_visited(struct kv__seg *kv, const struct kv__hit *hit)
 {
 	_Atomic uint64_t *slot;
 	uint64_t w = hit->word;
@@ -550,7 +557,7 @@ static void bucket_bump(struct kv__bucket *bk)
 			      memory_order_release);
 }
 
-static void home_ovf_add(struct kvshm *kv, uint64_t home, int delta)
+static void home_ovf_add(struct kv__seg *kv, uint64_t home, int delta)
 {
 	struct kv__bucket *bk = bucket_at(kv, home);
 	uint64_t m = atomic_load_explicit(&bk->meta, memory_order_relaxed);
@@ -575,7 +582,7 @@ static void home_ovf_add(struct kvshm *kv, uint64_t home, int delta)
  * o->carry, the new item, can take over its value (see struct kv__swap).
  * Stripe lock held.
  */
-int kv__swap_slot(struct kvshm *kv, uint32_t stripe, struct kv__hit *at,
+int kv__swap_slot(struct kv__seg *kv, uint32_t stripe, struct kv__hit *at,
 		  uint64_t home, uint64_t new_word, int64_t items_delta,
 		  int64_t bytes_delta, const struct kv__swap *o)
 {
@@ -639,7 +646,7 @@ disarm:
 }
 
 /* Unlink the item at hit and count why (stripe lock held). */
-void kv__drop(struct kvshm *kv, uint32_t stripe, struct kv__hit *hit,
+void kv__drop(struct kv__seg *kv, uint32_t stripe, struct kv__hit *hit,
 	      enum kv__stat why)
 {
 	uint64_t size = kv__item_bytes(kv, kv__item_at(kv, hit->off));
@@ -658,7 +665,7 @@ void kv__drop(struct kvshm *kv, uint32_t stripe, struct kv__hit *hit,
  * hand last passed, like CLOCK. Returns 0 with *where set (word 0), or
  * -ENOSPC. Stripe lock held.
  */
-int kv__place(struct kvshm *kv, const struct kv__key *k, bool may_evict,
+int kv__place(struct kv__seg *kv, const struct kv__key *k, bool may_evict,
 	      struct kv__hit *where)
 {
 	int64_t now = 0;
@@ -717,11 +724,11 @@ int kv__place(struct kvshm *kv, const struct kv__key *k, bool may_evict,
 /* ---- clear and repair --------------------------------------------------- */
 
 /*
- * Empty a stripe left behind by kvshm_clear() (stripe lock held). The
+ * Empty a stripe left behind by kv__clear() (stripe lock held). The
  * intent says PURGE first, so a crash half-way is finished by the repair;
  * every step is idempotent.
  */
-void kv__purge_stripe(struct kvshm *kv, uint32_t stripe)
+void kv__purge_stripe(struct kv__seg *kv, uint32_t stripe)
 {
 	struct kv__stripe *st = &kv->stripes[stripe];
 	uint64_t gen = atomic_load_explicit(&kv->hdr->clear_gen,
@@ -768,7 +775,11 @@ void kv__purge_stripe(struct kvshm *kv, uint32_t stripe)
 	st->items = 0;
 	st->bytes = 0;
 	atomic_fetch_add_explicit(&st->wseq, 1, memory_order_release);
-	atomic_store_explicit(&kv->gens[stripe], gen, memory_order_release);
+	atomic_store_explicit(&kv->gens[stripe],
+			      gen | (atomic_load_explicit(&kv->gens[stripe],
+							  memory_order_relaxed) &
+				     KV_GEN_MOVED),
+			      memory_order_release);
 	KV_CRASHPOINT();
 	atomic_store_explicit(&st->intent.state, KV_INTENT_NONE,
 			      memory_order_release);
@@ -779,9 +790,9 @@ void kv__purge_stripe(struct kvshm *kv, uint32_t stripe)
  * can be checked without hashing the key: the offset, the header, that the
  * item lies inside one allocation segment, and that the slot's displacement
  * leads to the item's home bucket (*home). Used by the repair and by
- * kvshm_check().
+ * kv__check().
  */
-bool kv__slot_sane(struct kvshm *kv, uint64_t b, uint64_t w, uint64_t *home,
+bool kv__slot_sane(struct kv__seg *kv, uint64_t b, uint64_t w, uint64_t *home,
 		   uint64_t *size)
 {
 	uint64_t off = kv__slot_off(w), seg_end;
@@ -804,10 +815,10 @@ bool kv__slot_sane(struct kvshm *kv, uint64_t b, uint64_t w, uint64_t *home,
 /*
  * Rebuild a stripe's derived state from its slots (stripe lock held, owner
  * dead): every seq even, insane slots cleared (they were never trustworthy:
- * counted as lost), overflow counts and totals recounted. Bounded by
- * stripe_buckets * KV_BUCKET_SLOTS.
+ * counted as lost), overflow counts and totals recounted, counters left
+ * frozen unfrozen. Bounded by stripe_buckets * KV_BUCKET_SLOTS.
  */
-static void stripe_rebuild(struct kvshm *kv, uint32_t stripe)
+static void stripe_rebuild(struct kv__seg *kv, uint32_t stripe)
 {
 	struct kv__stripe *st = &kv->stripes[stripe];
 	uint64_t first = (uint64_t)stripe * kv->stripe_buckets;
@@ -851,6 +862,15 @@ static void stripe_rebuild(struct kvshm *kv, uint32_t stripe)
 			bytes += size;
 			if (home != b)
 				home_ovf_add(kv, home, 1);
+			/* a counter is frozen only inside a critical section
+			 * of this stripe, or for good once a resize moved it;
+			 * anything else was left by the dead owner */
+			if (kv__item_at(kv, kv__slot_off(w))->kind ==
+				    KV_KIND_COUNTER &&
+			    !(atomic_load_explicit(&kv->gens[stripe],
+						   memory_order_relaxed) &
+			      KV_GEN_MOVED))
+				kv__unfreeze(kv, kv__slot_off(w));
 		}
 	}
 	st->items = items;
@@ -865,7 +885,7 @@ static void stripe_rebuild(struct kvshm *kv, uint32_t stripe)
  * does not verify is cleared rather than trusted. Idempotent, so a crash
  * during the repair is repaired by the next owner.
  */
-int kv__stripe_repair(struct kvshm *kv, void *what)
+int kv__stripe_repair(struct kv__seg *kv, void *what)
 {
 	struct kv__stripe *st = what;
 	uint32_t stripe = (uint32_t)(st - kv->stripes);

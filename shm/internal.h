@@ -62,7 +62,7 @@ void kv__crashpoint(void);
  * shared memory. Everything in this struct is immutable after kvshm_open(),
  * so threads share a handle without locking.
  */
-struct kvshm {
+struct kv__seg {
 	uint8_t *base;            /* the mapping */
 	size_t map_bytes;
 	int fd;                   /* the object, kept for its OFD locks */
@@ -86,7 +86,34 @@ struct kvshm {
 	struct kv__bucket *buckets;
 	uint8_t *data;            /* base + data_off */
 	uint64_t data_off;
+	struct kv__seg *next_retired; /* in the handle's retired list */
 };
+
+/*
+ * The public handle: which segment this process uses for the store now.
+ * kvshm_resize() retires a segment; every operation notices (header life)
+ * and switches the handle to the store's new segment by name. Segments left
+ * behind stay mapped until kvshm_close(), because other threads may still
+ * be inside them.
+ */
+struct kvshm {
+	_Atomic(struct kv__seg *) cur; /* (acquire; stored under switch_lock) */
+	pthread_mutex_t switch_lock;   /* process-private */
+	struct kv__seg *retired;       /* older segments (switch_lock) */
+	char *name;
+	bool rdonly;
+	bool janitor;                  /* holds the role (claim/release) */
+};
+
+/* Internal result: the stripe was moved by a resize; retry on the successor
+ * once the old segment is retired. Never returned by a public function. */
+#define KV_EMOVED (-ESHUTDOWN)
+
+/* The segment a handle uses right now (tests and tools of this tree). */
+static inline struct kv__seg *kv__cur(struct kvshm *h)
+{
+	return atomic_load_explicit(&h->cur, memory_order_acquire);
+}
 
 /* ---- geometry helpers ---- */
 
@@ -102,18 +129,18 @@ static inline uint64_t kv__item_size(size_t klen, size_t vlen, unsigned kind)
 			 KV_ITEM_ALIGN);
 }
 
-static inline uint64_t kv__home_bucket(const struct kvshm *kv, uint32_t hash32)
+static inline uint64_t kv__home_bucket(const struct kv__seg *kv, uint32_t hash32)
 {
 	return ((uint64_t)hash32 * kv->nbuckets) >> 32;
 }
 
-static inline uint32_t kv__stripe_of(const struct kvshm *kv, uint64_t bucket)
+static inline uint32_t kv__stripe_of(const struct kv__seg *kv, uint64_t bucket)
 {
 	return (uint32_t)(bucket >> kv->stripe_shift);
 }
 
 /* The i-th bucket of home's probe window (wraps inside the stripe). */
-static inline uint64_t kv__probe(const struct kvshm *kv, uint64_t home,
+static inline uint64_t kv__probe(const struct kv__seg *kv, uint64_t home,
 				 unsigned i)
 {
 	uint64_t first = home & ~(uint64_t)(kv->stripe_buckets - 1);
@@ -121,7 +148,7 @@ static inline uint64_t kv__probe(const struct kvshm *kv, uint64_t home,
 }
 
 /* Displacement of bucket b from home, inside their stripe. */
-static inline unsigned kv__disp(const struct kvshm *kv, uint64_t home,
+static inline unsigned kv__disp(const struct kv__seg *kv, uint64_t home,
 				uint64_t b)
 {
 	return (unsigned)((b - home) & (kv->stripe_buckets - 1));
@@ -145,7 +172,7 @@ static inline unsigned kv__slot_disp(uint64_t word)
 }
 
 /* Home bucket of the key whose slot word w sits in bucket b. */
-static inline uint64_t kv__slot_home(const struct kvshm *kv, uint64_t b,
+static inline uint64_t kv__slot_home(const struct kv__seg *kv, uint64_t b,
 				     uint64_t w)
 {
 	uint64_t first = b & ~(uint64_t)(kv->stripe_buckets - 1);
@@ -159,7 +186,7 @@ static inline bool kv__slot_tag_matches(uint64_t word, uint64_t hash)
 }
 
 /* Is [off, off+len) inside the data area? */
-static inline bool kv__in_data(const struct kvshm *kv, uint64_t off,
+static inline bool kv__in_data(const struct kv__seg *kv, uint64_t off,
 			       uint64_t len)
 {
 	return off >= kv->data_off && off % KV_ITEM_ALIGN == 0 &&
@@ -167,12 +194,12 @@ static inline bool kv__in_data(const struct kvshm *kv, uint64_t off,
 }
 
 /* Segment index holding data offset off (which must be in the data area). */
-static inline uint32_t kv__seg_of(const struct kvshm *kv, uint64_t off)
+static inline uint32_t kv__seg_of(const struct kv__seg *kv, uint64_t off)
 {
 	return (uint32_t)((off - kv->data_off) / kv->segment_bytes);
 }
 
-static inline struct kv__item *kv__item_at(const struct kvshm *kv,
+static inline struct kv__item *kv__item_at(const struct kv__seg *kv,
 					   uint64_t off)
 {
 	return (struct kv__item *)(void *)(kv->base + off);
@@ -181,7 +208,7 @@ static inline struct kv__item *kv__item_at(const struct kvshm *kv,
 /* ---- hash.c ---- */
 uint64_t kv__siphash13(const uint64_t key[2], const void *data, size_t len);
 
-static inline uint64_t kv__hash(const struct kvshm *kv, const void *key,
+static inline uint64_t kv__hash(const struct kv__seg *kv, const void *key,
 				size_t klen)
 {
 	return kv__siphash13(kv->seed, key, klen);
@@ -205,18 +232,18 @@ uint32_t kv__thread_pick(uint32_t n);
 void kv__atfork_register(void);
 
 /* ---- stats.c ---- */
-void kv__stat_add(struct kvshm *kv, enum kv__stat which, uint64_t n);
-static inline void kv__stat_inc(struct kvshm *kv, enum kv__stat which)
+void kv__stat_add(struct kv__seg *kv, enum kv__stat which, uint64_t n);
+static inline void kv__stat_inc(struct kv__seg *kv, enum kv__stat which)
 {
 	kv__stat_add(kv, which, 1);
 }
 
 /* ---- lock.c ---- */
-typedef int (*kv__repair_fn)(struct kvshm *kv, void *what);
+typedef int (*kv__repair_fn)(struct kv__seg *kv, void *what);
 int kv__mutex_init(pthread_mutex_t *m);
-int kv__lock(struct kvshm *kv, pthread_mutex_t *m, kv__repair_fn repair,
+int kv__lock(struct kv__seg *kv, pthread_mutex_t *m, kv__repair_fn repair,
 	     void *what);
-int kv__trylock(struct kvshm *kv, pthread_mutex_t *m, kv__repair_fn repair,
+int kv__trylock(struct kv__seg *kv, pthread_mutex_t *m, kv__repair_fn repair,
 		void *what);
 void kv__unlock(pthread_mutex_t *m);
 
@@ -255,37 +282,37 @@ struct kv__swap {
 	bool carry_version;       /* ... and its version (a move, not a write) */
 };
 
-void kv__key_init(const struct kvshm *kv, struct kv__key *k, const void *key,
+void kv__key_init(const struct kv__seg *kv, struct kv__key *k, const void *key,
 		  size_t klen);
-bool kv__stripe_is_current(struct kvshm *kv, uint32_t stripe);
-int kv__stripe_lock(struct kvshm *kv, uint32_t stripe);
-void kv__stripe_unlock(struct kvshm *kv, uint32_t stripe);
+bool kv__stripe_is_current(struct kv__seg *kv, uint32_t stripe);
+int kv__stripe_lock(struct kv__seg *kv, uint32_t stripe);
+void kv__stripe_unlock(struct kv__seg *kv, uint32_t stripe);
 bool kv__is_expired(int64_t expires_at, int64_t *now);
-uint64_t kv__item_bytes(const struct kvshm *kv, const struct kv__item *it);
-bool kv__slot_sane(struct kvshm *kv, uint64_t b, uint64_t w, uint64_t *home,
+uint64_t kv__item_bytes(const struct kv__seg *kv, const struct kv__item *it);
+bool kv__slot_sane(struct kv__seg *kv, uint64_t b, uint64_t w, uint64_t *home,
 		   uint64_t *size);
-void kv__hit_fill(struct kvshm *kv, struct kv__hit *hit, uint64_t b,
+void kv__hit_fill(struct kv__seg *kv, struct kv__hit *hit, uint64_t b,
 		  unsigned slot, uint64_t word);
-bool kv__find_locked(struct kvshm *kv, const struct kv__key *k,
+bool kv__find_locked(struct kv__seg *kv, const struct kv__key *k,
 		     struct kv__hit *hit);
-int kv__read(struct kvshm *kv, const struct kv__key *k, void *buf,
+int kv__read(struct kv__seg *kv, const struct kv__key *k, void *buf,
 	     size_t buflen, struct kv__hit *hit);
-void kv__mark_visited(struct kvshm *kv, const struct kv__hit *hit);
-uint64_t kv__new_version(struct kvshm *kv, uint32_t stripe);
-int kv__counter_add(struct kvshm *kv, uint64_t off, uint64_t seen,
+void kv__mark_visited(struct kv__seg *kv, const struct kv__hit *hit);
+uint64_t kv__new_version(struct kv__seg *kv, uint32_t stripe);
+int kv__counter_add(struct kv__seg *kv, uint64_t off, uint64_t seen,
 		    int64_t delta, int64_t *result);
-int kv__freeze(struct kvshm *kv, struct kv__hit *hit, bool check_cas,
+int kv__freeze(struct kv__seg *kv, struct kv__hit *hit, bool check_cas,
 	       uint64_t cas);
-void kv__unfreeze(struct kvshm *kv, uint64_t off);
-int kv__swap_slot(struct kvshm *kv, uint32_t stripe, struct kv__hit *at,
+void kv__unfreeze(struct kv__seg *kv, uint64_t off);
+int kv__swap_slot(struct kv__seg *kv, uint32_t stripe, struct kv__hit *at,
 		  uint64_t home, uint64_t new_word, int64_t items_delta,
 		  int64_t bytes_delta, const struct kv__swap *o);
-void kv__drop(struct kvshm *kv, uint32_t stripe, struct kv__hit *hit,
+void kv__drop(struct kv__seg *kv, uint32_t stripe, struct kv__hit *hit,
 	      enum kv__stat why);
-int kv__place(struct kvshm *kv, const struct kv__key *k, bool may_evict,
+int kv__place(struct kv__seg *kv, const struct kv__key *k, bool may_evict,
 	      struct kv__hit *where);
-int kv__stripe_repair(struct kvshm *kv, void *what);
-void kv__purge_stripe(struct kvshm *kv, uint32_t stripe);
+int kv__stripe_repair(struct kv__seg *kv, void *what);
+void kv__purge_stripe(struct kv__seg *kv, uint32_t stripe);
 
 /* ---- alloc.c ---- */
 struct kv__alloc {
@@ -293,20 +320,60 @@ struct kv__alloc {
 	uint64_t off;             /* where the item was written */
 	uint64_t size;
 };
-int kv__alloc_item(struct kvshm *kv, const struct kv__key *k, const void *val,
+int kv__alloc_item(struct kv__seg *kv, const struct kv__key *k, const void *val,
 		   size_t vlen, unsigned kind, bool may_evict,
 		   struct kv__alloc *a);
-void kv__alloc_done(struct kvshm *kv, const struct kv__alloc *a);
-int kv__lane_repair(struct kvshm *kv, void *what);
-int kv__reclaim(struct kvshm *kv, bool may_evict, uint64_t need);
-int kv__cleaner_repair(struct kvshm *kv, void *what);
-void kv__live_add(struct kvshm *kv, uint64_t off, int64_t bytes);
-void kv__note_expiry(struct kvshm *kv, uint64_t off, int64_t expires_at);
-uint64_t kv__largest_free(struct kvshm *kv, uint64_t *free_segs,
+void kv__alloc_done(struct kv__seg *kv, const struct kv__alloc *a);
+int kv__lane_repair(struct kv__seg *kv, void *what);
+int kv__reclaim(struct kv__seg *kv, bool may_evict, uint64_t need);
+int kv__cleaner_repair(struct kv__seg *kv, void *what);
+void kv__live_add(struct kv__seg *kv, uint64_t off, int64_t bytes);
+void kv__note_expiry(struct kv__seg *kv, uint64_t off, int64_t expires_at);
+uint64_t kv__largest_free(struct kv__seg *kv, uint64_t *free_segs,
 			  uint64_t *free_bytes);
 
+/* ---- the operations behind the public functions (handle.c calls them
+ * with the handle's current segment; they return KV_EMOVED when a resize
+ * moved the stripe they needed) ---- */
+int kv__put(struct kv__seg *kv, const void *key, size_t klen,
+	    const void *val, size_t vlen, const struct kvshm_write *w,
+	    uint64_t *cas_out);
+int kv__get_ex(struct kv__seg *kv, const void *key, size_t klen, void *buf,
+	       size_t buflen, struct kvshm_item *item, unsigned flags);
+int kv__exists(struct kv__seg *kv, const void *key, size_t klen);
+int kv__delete(struct kv__seg *kv, const void *key, size_t klen);
+int kv__delete_cas(struct kv__seg *kv, const void *key, size_t klen,
+		   uint64_t cas);
+int kv__ttl(struct kv__seg *kv, const void *key, size_t klen, int64_t *ttl_ms);
+int kv__expire(struct kv__seg *kv, const void *key, size_t klen,
+	       uint64_t ttl_ms);
+int kv__incr(struct kv__seg *kv, const void *key, size_t klen, int64_t delta,
+	     uint64_t init_ttl_ms, int64_t *result);
+int kv__counter(struct kv__seg *kv, const void *key, size_t klen,
+		int64_t *value);
+int kv__clear(struct kv__seg *kv);
+int kv__scan(struct kv__seg *kv, const void *prefix, size_t plen,
+	     uint64_t *cursor, size_t limit, kvshm_scan_fn fn, void *ctx);
+int kv__sweep(struct kv__seg *kv, size_t max_items, size_t *reclaimed);
+int kv__check(struct kv__seg *kv, char *report, size_t report_len);
+int kv__stats(struct kv__seg *kv, struct kvshm_stats *st);
+int kv__janitor_claim(struct kv__seg *kv);
+int kv__janitor_heartbeat(struct kv__seg *kv);
+int kv__janitor_release(struct kv__seg *kv);
+int kv__put_counter(struct kv__seg *kv, const void *key, size_t klen,
+		    int64_t value, int64_t expires_at);
+
 /* ---- segment.c ---- */
-bool kv__janitor_lock_held(struct kvshm *kv);
+int kv__seg_open(const char *name, const struct kvshm_options *opts,
+		 struct kv__seg **out);
+void kv__seg_close(struct kv__seg *kv);
+int kv__fs_path(const char *name, char *buf, size_t len);
+int kv__ofd_lock(struct kv__seg *kv, int byte, short type);
+bool kv__ofd_held(struct kv__seg *kv, int byte);
+
+/* ---- resize.c ---- */
+int kv__resize_rollback(struct kv__seg *seg, const char *name);
+bool kv__janitor_lock_held(struct kv__seg *kv);
 uint64_t kv__abi_fingerprint(void);
 uint64_t kv__header_check(const struct kv__header *h);
 

@@ -54,7 +54,7 @@ long kv__test_lock_timeouts;
  * mutex ENOTRECOVERABLE for everyone: the stripe is quarantined rather than
  * trusted.
  */
-static int kv__acquired(struct kvshm *kv, pthread_mutex_t *m, int rc,
+static int kv__acquired(struct kv__seg *kv, pthread_mutex_t *m, int rc,
 			kv__repair_fn repair, void *what)
 {
 	if (KV_LIKELY(rc == 0))
@@ -72,7 +72,7 @@ static int kv__acquired(struct kvshm *kv, pthread_mutex_t *m, int rc,
 	return -rc;
 }
 
-int kv__trylock(struct kvshm *kv, pthread_mutex_t *m, kv__repair_fn repair,
+int kv__trylock(struct kv__seg *kv, pthread_mutex_t *m, kv__repair_fn repair,
 		void *what)
 {
 	int rc = pthread_mutex_trylock(m);
@@ -82,7 +82,7 @@ int kv__trylock(struct kvshm *kv, pthread_mutex_t *m, kv__repair_fn repair,
 	return kv__acquired(kv, m, rc, repair, what);
 }
 
-int kv__lock(struct kvshm *kv, pthread_mutex_t *m, kv__repair_fn repair,
+int kv__lock(struct kv__seg *kv, pthread_mutex_t *m, kv__repair_fn repair,
 	     void *what)
 {
 	int rc = pthread_mutex_trylock(m);

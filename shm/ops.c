@@ -10,14 +10,14 @@
 
 /* ---- argument checks ---------------------------------------------------- */
 
-static int check_key(const struct kvshm *kv, const void *key, size_t klen)
+static int check_key(const struct kv__seg *kv, const void *key, size_t klen)
 {
 	if (!kv || klen == 0 || !key)
 		return -EINVAL;
 	return klen > kv->max_key ? -E2BIG : 0;
 }
 
-static int check_writable(const struct kvshm *kv)
+static int check_writable(const struct kv__seg *kv)
 {
 	return kv->rdonly ? -EROFS : 0;
 }
@@ -27,7 +27,7 @@ static int check_writable(const struct kvshm *kv)
  * ttl 0 means the store's default and KVSHM_TTL_NEVER (or a TTL so long it
  * overflows) means never (0).
  */
-static int64_t expiry_for(const struct kvshm *kv, uint64_t ttl_ms,
+static int64_t expiry_for(const struct kv__seg *kv, uint64_t ttl_ms,
 			  int64_t expires_at, int64_t *now)
 {
 	if (expires_at > 0)
@@ -59,7 +59,7 @@ struct kv__value {
  * fill in version and expiry, and swap the slot. Fails without changing the
  * old value; the unlinked item is garbage for the cleaner.
  */
-static int write_new(struct kvshm *kv, const struct kv__key *k,
+static int write_new(struct kv__seg *kv, const struct kv__key *k,
 		     const struct kv__value *v, const struct kvshm_write *w,
 		     uint64_t *cas_out)
 {
@@ -137,7 +137,25 @@ out_lane:
 	return err;
 }
 
-int kvshm_put(struct kvshm *kv, const void *key, size_t klen, const void *val,
+/* Write key as a counter holding value, expiring at expires_at (0 never),
+ * never evicting: kvshm_resize() copies counters with it. */
+int kv__put_counter(struct kv__seg *kv, const void *key, size_t klen,
+		    int64_t value, int64_t expires_at)
+{
+	struct kv__value v = {.kind = KV_KIND_COUNTER, .counter = value};
+	struct kvshm_write w = {.opts = KVSHM_NOEVICT_WRITE,
+				.expires_at_ms = expires_at,
+				.ttl_ms = KVSHM_TTL_NEVER};
+	struct kv__key k;
+	int err = check_key(kv, key, klen);
+
+	if (err)
+		return err;
+	kv__key_init(kv, &k, key, klen);
+	return write_new(kv, &k, &v, &w, NULL);
+}
+
+int kv__put(struct kv__seg *kv, const void *key, size_t klen, const void *val,
 	      size_t vlen, const struct kvshm_write *w, uint64_t *cas_out)
 {
 	static const struct kvshm_write plain = {0};
@@ -166,13 +184,6 @@ int kvshm_put(struct kvshm *kv, const void *key, size_t klen, const void *val,
 	return err;
 }
 
-int kvshm_set(struct kvshm *kv, const void *key, size_t klen, const void *val,
-	      size_t vlen, uint64_t ttl_ms)
-{
-	struct kvshm_write w = {.mode = KVSHM_SET, .ttl_ms = ttl_ms};
-	return kvshm_put(kv, key, klen, val, vlen, &w, NULL);
-}
-
 /* ---- reading ------------------------------------------------------------ */
 
 /*
@@ -180,7 +191,7 @@ int kvshm_set(struct kvshm *kv, const void *key, size_t klen, const void *val,
  * changing. The value is copied into buf when it fits. Returns 1 (hit),
  * 0 (miss) or a negative errno.
  */
-static int lookup(struct kvshm *kv, const struct kv__key *k, void *buf,
+static int lookup(struct kv__seg *kv, const struct kv__key *k, void *buf,
 		  size_t buflen, struct kv__hit *hit)
 {
 	int r = kv__read(kv, k, buf, buflen, hit);
@@ -210,7 +221,7 @@ static size_t value_len(const struct kv__hit *hit)
 	return hit->kind == KV_KIND_COUNTER ? sizeof(int64_t) : hit->vlen;
 }
 
-int kvshm_get_ex(struct kvshm *kv, const void *key, size_t klen, void *buf,
+int kv__get_ex(struct kv__seg *kv, const void *key, size_t klen, void *buf,
 		 size_t buflen, struct kvshm_item *item, unsigned flags)
 {
 	struct kv__key k;
@@ -251,20 +262,9 @@ int kvshm_get_ex(struct kvshm *kv, const void *key, size_t klen, void *buf,
 	return value_len(&hit) > buflen ? -ENOBUFS : 0;
 }
 
-int kvshm_get(struct kvshm *kv, const void *key, size_t klen, void *buf,
-	      size_t buflen, size_t *vlen)
-{
-	struct kvshm_item item;
-	int r = kvshm_get_ex(kv, key, klen, buf, buflen, &item, 0);
-
-	if (vlen && (r == 0 || r == -ENOBUFS))
-		*vlen = item.value_len;
-	return r;
-}
-
 /* A live (unexpired) hit for key, without copying the value: 1, 0 or
  * -errno. Reads of this kind count neither as hits nor misses. */
-static int lookup_live(struct kvshm *kv, const void *key, size_t klen,
+static int lookup_live(struct kv__seg *kv, const void *key, size_t klen,
 		       struct kv__hit *hit)
 {
 	struct kv__key k;
@@ -280,13 +280,13 @@ static int lookup_live(struct kvshm *kv, const void *key, size_t klen,
 	return r;
 }
 
-int kvshm_exists(struct kvshm *kv, const void *key, size_t klen)
+int kv__exists(struct kv__seg *kv, const void *key, size_t klen)
 {
 	struct kv__hit hit;
 	return lookup_live(kv, key, klen, &hit);
 }
 
-int kvshm_ttl(struct kvshm *kv, const void *key, size_t klen, int64_t *ttl_ms)
+int kv__ttl(struct kv__seg *kv, const void *key, size_t klen, int64_t *ttl_ms)
 {
 	struct kv__hit hit;
 	int r;
@@ -305,7 +305,7 @@ int kvshm_ttl(struct kvshm *kv, const void *key, size_t klen, int64_t *ttl_ms)
 	return 0;
 }
 
-int kvshm_counter(struct kvshm *kv, const void *key, size_t klen,
+int kv__counter(struct kv__seg *kv, const void *key, size_t klen,
 		  int64_t *value)
 {
 	struct kv__hit hit;
@@ -331,7 +331,7 @@ int kvshm_counter(struct kvshm *kv, const void *key, size_t klen,
  * error (-ENOENT for a missing or expired key) with nothing locked. An
  * expired item found on the way is reclaimed: this is a write of its key.
  */
-static int lock_live(struct kvshm *kv, const void *key, size_t klen,
+static int lock_live(struct kv__seg *kv, const void *key, size_t klen,
 		     struct kv__key *k, struct kv__hit *hit)
 {
 	int64_t now = 0;
@@ -355,7 +355,7 @@ static int lock_live(struct kvshm *kv, const void *key, size_t klen,
 }
 
 /* Delete key, if its version is cas when check_cas. */
-static int delete_key(struct kvshm *kv, const void *key, size_t klen,
+static int delete_key(struct kv__seg *kv, const void *key, size_t klen,
 		      bool check_cas, uint64_t cas)
 {
 	struct kv__key k;
@@ -377,12 +377,12 @@ static int delete_key(struct kvshm *kv, const void *key, size_t klen,
 	return err;
 }
 
-int kvshm_delete(struct kvshm *kv, const void *key, size_t klen)
+int kv__delete(struct kv__seg *kv, const void *key, size_t klen)
 {
 	return delete_key(kv, key, klen, false, 0);
 }
 
-int kvshm_delete_cas(struct kvshm *kv, const void *key, size_t klen,
+int kv__delete_cas(struct kv__seg *kv, const void *key, size_t klen,
 		     uint64_t cas)
 {
 	return delete_key(kv, key, klen, true, cas);
@@ -390,7 +390,7 @@ int kvshm_delete_cas(struct kvshm *kv, const void *key, size_t klen,
 
 /* A new expiry is one aligned 8-byte store: a crash leaves the old or the
  * new value, both valid, so no intent is needed. */
-int kvshm_expire(struct kvshm *kv, const void *key, size_t klen,
+int kv__expire(struct kv__seg *kv, const void *key, size_t klen,
 		 uint64_t ttl_ms)
 {
 	struct kv__key k;
@@ -421,7 +421,7 @@ int kvshm_expire(struct kvshm *kv, const void *key, size_t klen,
  * write count. The new item needs a lane, and lanes come before stripes, so
  * the stripe is unlocked, the item allocated, and the check repeated.
  */
-static int incr_locked(struct kvshm *kv, const struct kv__key *k,
+static int incr_locked(struct kv__seg *kv, const struct kv__key *k,
 		       int64_t delta, uint64_t init_ttl_ms, int64_t *result)
 {
 	struct kv__alloc a;
@@ -510,7 +510,7 @@ unlock:
 	return err;
 }
 
-int kvshm_incr(struct kvshm *kv, const void *key, size_t klen, int64_t delta,
+int kv__incr(struct kv__seg *kv, const void *key, size_t klen, int64_t delta,
 	       uint64_t init_ttl_ms, int64_t *result)
 {
 	struct kv__key k;
@@ -549,9 +549,9 @@ int kvshm_incr(struct kvshm *kv, const void *key, size_t klen, int64_t delta,
 }
 
 /* Bump the clear generation: every stripe is now logically empty, and is
- * purged by the next lock of it (kv__stripe_lock) or by kvshm_sweep().
+ * purged by the next lock of it (kv__stripe_lock) or by kv__sweep().
  * release: pairs with the acquire in kv__stripe_is_current(). */
-int kvshm_clear(struct kvshm *kv)
+int kv__clear(struct kv__seg *kv)
 {
 	int err;
 
@@ -562,5 +562,10 @@ int kvshm_clear(struct kvshm *kv)
 		return err;
 	atomic_fetch_add_explicit(&kv->hdr->clear_gen, 1, memory_order_release);
 	kv__stat_inc(kv, KV_ST_CLEARS);
+	/* a resize may have copied stripes before the bump: clear the
+	 * successor too (the caller retries there) */
+	if (atomic_load_explicit(&kv->hdr->life, memory_order_acquire) !=
+	    KV_LIFE_LIVE)
+		return KV_EMOVED;
 	return 0;
 }

@@ -1,12 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * scan.c - walking the index: kvshm_scan() (a resumable, lock-free listing
- * that never holds a lock while calling back) and kvshm_sweep() (reclaiming
+ * scan.c - walking the index: kv__scan() (a resumable, lock-free listing
+ * that never holds a lock while calling back) and kv__sweep() (reclaiming
  * expired items a few buckets per lock hold). Changes slots only through
  * kv__drop().
  *
- * CURSOR. 0 = start or done; otherwise bucket * 8 + slot + 1, the next slot
- * to look at. Items never move between slots (a write of the same key
+ * CURSOR. 0 = start or done; otherwise (tag << 48) | (bucket * 8 + slot +
+ * 1), the next slot to look at, where tag names the segment (16 bits of its
+ * hash seed, never 0). A cursor from another segment (the store was resized
+ * during the scan) restarts the scan from the beginning: keys are then
+ * visited again, but none is missed. Items never move between slots (a write of the same key
  * reuses its slot, the cleaner swaps the slot's offset in place), so a key
  * present for the whole scan is found at the same position however the
  * table changes, and is visited exactly once unless it is deleted and
@@ -17,6 +20,12 @@
 #include <stdlib.h>
 
 #define KV_SLOT_POS 8u /* cursor positions per bucket */
+#define KV_CURSOR_POS_MASK ((UINT64_C(1) << 48) - 1)
+
+static uint64_t cursor_tag(const struct kv__seg *kv)
+{
+	return ((kv->seed[0] >> 48) | 1) << 48;
+}
 
 /* One key copied out of a bucket. */
 struct scan_entry {
@@ -28,7 +37,7 @@ struct scan_entry {
 
 /* Copy the bucket's slots >= from into e[] optimistically; validate with
  * the bucket sequence. Returns the number copied, or -EAGAIN. */
-static KV_RACY_FN int collect_once(struct kvshm *kv, uint64_t b, unsigned from,
+static KV_RACY_FN int collect_once(struct kv__seg *kv, uint64_t b, unsigned from,
 			struct scan_entry *e, uint8_t *keys)
 {
 	struct kv__bucket *bk = &kv->buckets[b];
@@ -84,7 +93,7 @@ static KV_RACY_FN int collect_once(struct kvshm *kv, uint64_t b, unsigned from,
 	return n;
 }
 
-static int collect(struct kvshm *kv, uint64_t b, unsigned from,
+static int collect(struct kv__seg *kv, uint64_t b, unsigned from,
 		   struct scan_entry *e, uint8_t *keys)
 {
 	uint32_t stripe = kv__stripe_of(kv, b);
@@ -121,11 +130,11 @@ static void item_info(const struct kv__hit *hit, struct kvshm_item *item,
 	item->stale = false;
 }
 
-int kvshm_scan(struct kvshm *kv, const void *prefix, size_t plen,
+int kv__scan(struct kv__seg *kv, const void *prefix, size_t plen,
 	       uint64_t *cursor, size_t limit, kvshm_scan_fn fn, void *ctx)
 {
 	struct scan_entry e[KV_BUCKET_SLOTS];
-	uint64_t b, total;
+	uint64_t b, total, pos;
 	unsigned from;
 	uint8_t *keys;
 	int64_t now = kv__now_ms();
@@ -134,10 +143,13 @@ int kvshm_scan(struct kvshm *kv, const void *prefix, size_t plen,
 	if (!kv || !cursor || !fn || (!prefix && plen))
 		return -EINVAL;
 	total = kv->nbuckets * KV_SLOT_POS;
-	if (*cursor > total)
+	pos = *cursor & KV_CURSOR_POS_MASK;
+	if (*cursor && (*cursor & ~KV_CURSOR_POS_MASK) != cursor_tag(kv))
+		pos = 0; /* from another segment: start over */
+	else if (pos > total)
 		return -EINVAL;
-	b = *cursor ? (*cursor - 1) / KV_SLOT_POS : 0;
-	from = *cursor ? (unsigned)((*cursor - 1) % KV_SLOT_POS) : 0;
+	b = pos ? (pos - 1) / KV_SLOT_POS : 0;
+	from = pos ? (unsigned)((pos - 1) % KV_SLOT_POS) : 0;
 	keys = malloc((size_t)KV_BUCKET_SLOTS * kv->max_key);
 	if (!keys)
 		return -ENOMEM;
@@ -157,14 +169,16 @@ int kvshm_scan(struct kvshm *kv, const void *prefix, size_t plen,
 				     memcmp(e[i].key, prefix, plen) != 0))
 				continue;
 			if (limit && (size_t)visited == limit) {
-				*cursor = b * KV_SLOT_POS + e[i].slot + 1;
+				*cursor = cursor_tag(kv) |
+					  (b * KV_SLOT_POS + e[i].slot + 1);
 				goto out;
 			}
 			item_info(&e[i].hit, &item, now);
 			visited++;
 			rc = fn(e[i].key, e[i].klen, &item, ctx);
 			if (rc) {
-				*cursor = b * KV_SLOT_POS + e[i].slot + 2;
+				*cursor = cursor_tag(kv) |
+					  (b * KV_SLOT_POS + e[i].slot + 2);
 				goto out;
 			}
 		}
@@ -184,7 +198,7 @@ out:
 /* Might buckets [b, end) hold an expired item? A lock-free look, only to
  * avoid locking batches with nothing to do: a wrong answer costs a lock or
  * leaves an item for the next sweep. */
-static KV_RACY_FN bool batch_has_expired(struct kvshm *kv, uint64_t b, uint64_t end,
+static KV_RACY_FN bool batch_has_expired(struct kv__seg *kv, uint64_t b, uint64_t end,
 			      int64_t now)
 {
 	for (; b < end; b++)
@@ -205,7 +219,7 @@ static KV_RACY_FN bool batch_has_expired(struct kvshm *kv, uint64_t b, uint64_t 
 }
 
 /* Drop the expired items of buckets [b, end) (stripe lock held). */
-static size_t sweep_batch(struct kvshm *kv, uint32_t stripe, uint64_t b,
+static size_t sweep_batch(struct kv__seg *kv, uint32_t stripe, uint64_t b,
 			  uint64_t end, size_t budget)
 {
 	size_t n = 0;
@@ -229,7 +243,7 @@ static size_t sweep_batch(struct kvshm *kv, uint32_t stripe, uint64_t b,
 	return n;
 }
 
-int kvshm_sweep(struct kvshm *kv, size_t max_items, size_t *reclaimed)
+int kv__sweep(struct kv__seg *kv, size_t max_items, size_t *reclaimed)
 {
 	size_t done = 0, budget = max_items ? max_items : SIZE_MAX;
 	uint64_t pos, seen = 0;

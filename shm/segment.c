@@ -198,6 +198,18 @@ static int obj_open(const char *name, int oflag, mode_t mode)
 	return fd < 0 ? -errno : fd;
 }
 
+/* The file system path of a store: the name itself, or /dev/shm/NAME for a
+ * POSIX shm object (where glibc's shm_open() keeps them). */
+int kv__fs_path(const char *name, char *buf, size_t len)
+{
+	int n = name_check(name);
+
+	if (n)
+		return n;
+	n = snprintf(buf, len, strchr(name, '/') ? "%s" : "/dev/shm/%s", name);
+	return n < 0 || (size_t)n >= len ? -EINVAL : 0;
+}
+
 int kvshm_unlink(const char *name)
 {
 	int err = name_check(name);
@@ -235,6 +247,16 @@ static bool ofd_lock_held(int fd, off_t byte)
 	if (fcntl(fd, F_OFD_GETLK, &fl))
 		return false;
 	return fl.l_type != F_UNLCK;
+}
+
+int kv__ofd_lock(struct kv__seg *kv, int byte, short type)
+{
+	return ofd_lock(kv->fd, byte, type);
+}
+
+bool kv__ofd_held(struct kv__seg *kv, int byte)
+{
+	return ofd_lock_held(kv->fd, byte);
 }
 
 static int init_lock(int fd, short type)
@@ -379,7 +401,7 @@ static int header_validate(const struct kv__header *h, uint64_t size)
 }
 
 /* Fill the handle from a validated header (copied to private memory). */
-static void handle_fill(struct kvshm *kv, const struct kv__header *h)
+static void handle_fill(struct kv__seg *kv, const struct kv__header *h)
 {
 	kv->seed[0] = h->hash_seed[0];
 	kv->seed[1] = h->hash_seed[1];
@@ -413,7 +435,7 @@ enum { KV_ATTACHED = 0, KV_NOT_READY, KV_ABANDONED, KV_INITIALISED };
 
 /* Try to attach once: KV_ATTACHED, KV_NOT_READY (creator still working),
  * KV_ABANDONED (creator died half-way), or -errno. */
-static int attach_once(int fd, bool rdonly, struct kvshm *kv)
+static int attach_once(int fd, bool rdonly, struct kv__seg *kv)
 {
 	struct kv__header hcopy;
 	struct stat st;
@@ -531,7 +553,7 @@ static int options_copy(const struct kvshm_options *in,
 }
 
 static int open_checked(const char *name, const struct kvshm_options *o,
-			struct kvshm *kv)
+			struct kv__seg *kv)
 {
 	const unsigned known = KVSHM_CREATE | KVSHM_EXCL | KVSHM_RDONLY |
 			       KVSHM_NOEVICT;
@@ -590,11 +612,12 @@ static int open_checked(const char *name, const struct kvshm_options *o,
 	}
 }
 
-int kvshm_open(const char *name, const struct kvshm_options *opts,
-	       struct kvshm **out)
+/* Attach (and maybe create) one segment; see kvshm_open() in handle.c. */
+int kv__seg_open(const char *name, const struct kvshm_options *opts,
+		 struct kv__seg **out)
 {
 	struct kvshm_options o;
-	struct kvshm *kv;
+	struct kv__seg *kv;
 	int err;
 
 	if (!out)
@@ -618,7 +641,7 @@ int kvshm_open(const char *name, const struct kvshm_options *opts,
 	return 0;
 }
 
-void kvshm_close(struct kvshm *kv)
+void kv__seg_close(struct kv__seg *kv)
 {
 	if (!kv)
 		return;
@@ -629,12 +652,12 @@ void kvshm_close(struct kvshm *kv)
 
 /* ---- the janitor role ----------------------------------------------------- */
 
-bool kv__janitor_lock_held(struct kvshm *kv)
+bool kv__janitor_lock_held(struct kv__seg *kv)
 {
 	return kv->janitor || ofd_lock_held(kv->fd, KV_JANITOR_LOCK_BYTE);
 }
 
-int kvshm_janitor_claim(struct kvshm *kv)
+int kv__janitor_claim(struct kv__seg *kv)
 {
 	struct kv__header *h;
 	int64_t now;
@@ -661,7 +684,7 @@ int kvshm_janitor_claim(struct kvshm *kv)
 	return 0;
 }
 
-int kvshm_janitor_heartbeat(struct kvshm *kv)
+int kv__janitor_heartbeat(struct kv__seg *kv)
 {
 	if (!kv)
 		return -EINVAL;
@@ -672,7 +695,7 @@ int kvshm_janitor_heartbeat(struct kvshm *kv)
 	return 0;
 }
 
-int kvshm_janitor_release(struct kvshm *kv)
+int kv__janitor_release(struct kv__seg *kv)
 {
 	if (!kv)
 		return -EINVAL;

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * stats.c - statistics (sharded counters in the segment, and the
- * kvshm_stats() snapshot), clocks, error strings and version queries.
+ * kv__stats() snapshot), clocks, error strings and version queries.
  * Writes only the stat shards.
  */
 #include "internal.h"
@@ -55,7 +55,7 @@ void kv__atfork_register(void)
 /* Each thread adds to its own shard, so counting is an uncontended atomic
  * add on a line few others write. Read-only handles count nothing: they may
  * not write to the segment. */
-void kv__stat_add(struct kvshm *kv, enum kv__stat which, uint64_t n)
+void kv__stat_add(struct kv__seg *kv, enum kv__stat which, uint64_t n)
 {
 	if (kv->rdonly)
 		return;
@@ -66,7 +66,7 @@ void kv__stat_add(struct kvshm *kv, enum kv__stat which, uint64_t n)
 				  memory_order_relaxed);
 }
 
-static uint64_t stat_sum(const struct kvshm *kv, enum kv__stat which)
+static uint64_t stat_sum(const struct kv__seg *kv, enum kv__stat which)
 {
 	uint64_t sum = 0;
 	for (unsigned i = 0; i < KV_STAT_SHARDS; i++)
@@ -75,7 +75,7 @@ static uint64_t stat_sum(const struct kvshm *kv, enum kv__stat which)
 	return sum;
 }
 
-int kvshm_stats(struct kvshm *kv, struct kvshm_stats *st)
+int kv__stats(struct kv__seg *kv, struct kvshm_stats *st)
 {
 	uint64_t unwritten;
 

@@ -13,7 +13,7 @@
 
 static void test_slot_word_round_trips_offset_disp_and_tag(void **state)
 {
-	struct kvshm kv = {.stripe_buckets = 256};
+	struct kv__seg kv = {.stripe_buckets = 256};
 	const uint64_t hash = UINT64_C(0x123456789abcdef1);
 	const uint64_t off = (UINT64_C(1) << 40) - 16; /* near the 1 TiB cap */
 	(void)state;
@@ -71,12 +71,13 @@ static void test_miss_in_a_bucket_without_overflow_reads_one_bucket(
 {
 	struct tu_fx *fx = tu_fx(state);
 	struct kvshm_options o = tu_opts(0, 8 * TU_MIB);
-	struct kvshm *kv = tu_create(fx, &o, NULL);
+	struct kvshm *h = tu_create(fx, &o, NULL);
+	struct kv__seg *kv = kv__cur(h);
 	struct kv__key k;
 	struct kv__hit hit;
 	unsigned checked = 0;
 
-	assert_ok(kvshm_set(kv, KS("present"), "v", 1, 0));
+	assert_ok(kvshm_set(h, KS("present"), "v", 1, 0));
 	for (unsigned i = 0; i < 1000; i++) {
 		char key[32];
 		snprintf(key, sizeof(key), "missing-%u", i);
@@ -94,7 +95,7 @@ static void test_miss_in_a_bucket_without_overflow_reads_one_bucket(
 		checked++;
 	}
 	assert_true(checked > 900);
-	tu_check(kv);
+	tu_check(h);
 }
 
 /*
@@ -107,14 +108,15 @@ static void test_lock_free_incr_refuses_memory_of_another_item(void **state)
 {
 	struct tu_fx *fx = tu_fx(state);
 	struct kvshm_options o = tu_opts(0, 4 * TU_MIB);
-	struct kvshm *kv = tu_create(fx, &o, NULL);
+	struct kvshm *h = tu_create(fx, &o, NULL);
+	struct kv__seg *kv = kv__cur(h);
 	struct kv__key k;
 	struct kv__hit hit;
 	struct kv__item *it;
 	int64_t v = 0, res;
 	uint64_t saved_v, saved_c;
 
-	assert_ok(kvshm_incr(kv, KS("ctr"), 5, 0, &v));
+	assert_ok(kvshm_incr(h, KS("ctr"), 5, 0, &v));
 	kv__key_init(kv, &k, "ctr", 3);
 	assert_int_equal(kv__read(kv, &k, NULL, 0, &hit), 1);
 	it = kv__item_at(kv, hit.off);
@@ -137,9 +139,9 @@ static void test_lock_free_incr_refuses_memory_of_another_item(void **state)
 
 	/* put it back as it was, so the store checks clean */
 	atomic_store(&it->version, saved_v + 1);
-	assert_ok(kvshm_counter(kv, KS("ctr"), &v));
+	assert_ok(kvshm_counter(h, KS("ctr"), &v));
 	assert_int_equal(v, 6);
-	tu_check(kv);
+	tu_check(h);
 }
 
 /* After 4095 lock-free increments the write count is used up: the next

@@ -173,6 +173,7 @@ static void test_check_reports_a_damaged_slot(void **state)
 	struct tu_fx *fx = tu_fx(state);
 	struct kvshm_options o = tu_opts(0, 2 * TU_MIB);
 	struct kvshm *kv = tu_create(fx, &o, NULL);
+	struct kv__seg *seg = kv__cur(kv);
 	struct kv__key k;
 	struct kv__hit hit;
 	char report[1024];
@@ -180,9 +181,9 @@ static void test_check_reports_a_damaged_slot(void **state)
 	uint64_t saved;
 
 	assert_ok(kvshm_set(kv, KS("victim"), "v", 1, 0));
-	kv__key_init(kv, &k, "victim", 6);
-	assert_int_equal(kv__read(kv, &k, NULL, 0, &hit), 1);
-	slot = &kv->buckets[hit.bucket].slot[hit.slot];
+	kv__key_init(seg, &k, "victim", 6);
+	assert_int_equal(kv__read(seg, &k, NULL, 0, &hit), 1);
+	slot = &seg->buckets[hit.bucket].slot[hit.slot];
 	saved = atomic_load(slot);
 	atomic_store(slot, (saved & ~KV_SLOT_OFF_MASK) | 1); /* offset 16 */
 	assert_kv(kvshm_check(kv, report, sizeof(report)), -EUCLEAN);

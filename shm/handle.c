@@ -1,0 +1,278 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * handle.c - the public handle (struct kvshm) and the public functions that
+ * take one: they run the operation on the handle's current segment and,
+ * when a resize has moved or retired that segment, switch to the store's
+ * new segment and run it again. Owns no shared memory; reads the header's
+ * `life` word.
+ *
+ * SWITCHING. An operation that starts on a segment whose life is RETIRED
+ * re-attaches by name first (once per handle, under switch_lock). An
+ * operation that needs a stripe that kvshm_resize() has already copied gets
+ * KV_EMOVED; it waits (bounded) until the resize retires the segment, then
+ * switches and runs again. A write is acknowledged only by the segment that
+ * owns the key at that moment, so nothing acknowledged is left behind.
+ * If the resizing process dies, the waiter that notices (the resize lock is
+ * free while life is still MIGRATING) rolls the resize back: see resize.c.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <time.h>
+
+#define KV_MOVE_WAIT_NS (30 * 1000 * 1000 * 1000LL)
+
+static uint64_t life_of(struct kv__seg *seg)
+{
+	/* acquire: pairs with the release store that retires the segment,
+	 * after which the successor is in place under the name */
+	return atomic_load_explicit(&seg->hdr->life, memory_order_acquire);
+}
+
+/* Move h to the store's current segment, if seg (which h used) is retired. */
+static int switch_from(struct kvshm *h, struct kv__seg *seg)
+{
+	struct kvshm_options o = KVSHM_OPTIONS_INIT;
+	struct kv__seg *next;
+	int err = 0;
+
+	pthread_mutex_lock(&h->switch_lock);
+	if (kv__cur(h) != seg)
+		goto out; /* another thread switched already */
+	o.flags = h->rdonly ? KVSHM_RDONLY : 0;
+	err = kv__seg_open(h->name, &o, &next);
+	if (err)
+		goto out;
+	if (h->janitor && kv__janitor_claim(next) != 0)
+		h->janitor = false; /* someone else holds it there */
+	seg->next_retired = h->retired;
+	h->retired = seg;
+	atomic_store_explicit(&h->cur, next, memory_order_release);
+out:
+	pthread_mutex_unlock(&h->switch_lock);
+	return err;
+}
+
+/* The segment h should use now. */
+static struct kv__seg *seg_now(struct kvshm *h)
+{
+	struct kv__seg *seg = kv__cur(h);
+
+	if (KV_UNLIKELY(life_of(seg) == KV_LIFE_RETIRED) &&
+	    switch_from(h, seg) == 0)
+		seg = kv__cur(h);
+	return seg;
+}
+
+/* An operation met a stripe a resize moved: wait until the resize retires
+ * seg (or roll it back if the resizer died), then switch. 0 = run again. */
+static int after_moved(struct kvshm *h, struct kv__seg *seg)
+{
+	uint64_t deadline = kv__mono_ns() + KV_MOVE_WAIT_NS;
+
+	for (;;) {
+		uint64_t life = life_of(seg);
+		struct timespec ts = {0, 200 * 1000};
+		if (life == KV_LIFE_RETIRED)
+			return switch_from(h, seg);
+		if (life == KV_LIFE_LIVE)
+			return 0; /* rolled back: run again on seg */
+		if (!kv__ofd_held(seg, KV_RESIZE_LOCK_BYTE)) {
+			int err = kv__resize_rollback(seg, h->name);
+			if (err && err != -EBUSY)
+				return err;
+		}
+		if (kv__mono_ns() >= deadline)
+			return -ETIMEDOUT;
+		nanosleep(&ts, NULL);
+	}
+}
+
+/* Run expr (which uses `seg`) on h's current segment until it did not meet
+ * a moved stripe. */
+#define ON_CURRENT(h, expr)                                                    \
+	do {                                                                   \
+		if (!(h))                                                      \
+			return -EINVAL;                                        \
+		for (;;) {                                                     \
+			struct kv__seg *seg = seg_now(h);                      \
+			int rc_ = (expr);                                      \
+			if (KV_LIKELY(rc_ != KV_EMOVED))                       \
+				return rc_;                                    \
+			rc_ = after_moved(h, seg);                             \
+			if (rc_)                                               \
+				return rc_;                                    \
+		}                                                              \
+	} while (0)
+
+int kvshm_open(const char *name, const struct kvshm_options *opts,
+	       struct kvshm **out)
+{
+	struct kvshm *h;
+	struct kv__seg *seg;
+	int err;
+
+	if (!out)
+		return -EINVAL;
+	*out = NULL;
+	h = calloc(1, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	h->name = name ? strdup(name) : NULL;
+	err = name && !h->name ? -ENOMEM : kv__seg_open(name, opts, &seg);
+	if (err) {
+		free(h->name);
+		free(h);
+		return err;
+	}
+	pthread_mutex_init(&h->switch_lock, NULL);
+	h->rdonly = seg->rdonly;
+	atomic_store_explicit(&h->cur, seg, memory_order_release);
+	*out = h;
+	return 0;
+}
+
+void kvshm_close(struct kvshm *h)
+{
+	if (!h)
+		return;
+	kv__seg_close(kv__cur(h));
+	while (h->retired) {
+		struct kv__seg *next = h->retired->next_retired;
+		kv__seg_close(h->retired);
+		h->retired = next;
+	}
+	pthread_mutex_destroy(&h->switch_lock);
+	free(h->name);
+	free(h);
+}
+
+int kvshm_put(struct kvshm *h, const void *key, size_t klen, const void *val,
+	      size_t vlen, const struct kvshm_write *w, uint64_t *cas_out)
+{
+	ON_CURRENT(h, kv__put(seg, key, klen, val, vlen, w, cas_out));
+}
+
+int kvshm_set(struct kvshm *h, const void *key, size_t klen, const void *val,
+	      size_t vlen, uint64_t ttl_ms)
+{
+	struct kvshm_write w = {.mode = KVSHM_SET, .ttl_ms = ttl_ms};
+	return kvshm_put(h, key, klen, val, vlen, &w, NULL);
+}
+
+int kvshm_get_ex(struct kvshm *h, const void *key, size_t klen, void *buf,
+		 size_t buflen, struct kvshm_item *item, unsigned flags)
+{
+	ON_CURRENT(h, kv__get_ex(seg, key, klen, buf, buflen, item, flags));
+}
+
+int kvshm_get(struct kvshm *h, const void *key, size_t klen, void *buf,
+	      size_t buflen, size_t *vlen)
+{
+	struct kvshm_item item;
+	int r = kvshm_get_ex(h, key, klen, buf, buflen, &item, 0);
+
+	if (vlen && (r == 0 || r == -ENOBUFS))
+		*vlen = item.value_len;
+	return r;
+}
+
+int kvshm_exists(struct kvshm *h, const void *key, size_t klen)
+{
+	ON_CURRENT(h, kv__exists(seg, key, klen));
+}
+
+int kvshm_delete(struct kvshm *h, const void *key, size_t klen)
+{
+	ON_CURRENT(h, kv__delete(seg, key, klen));
+}
+
+int kvshm_delete_cas(struct kvshm *h, const void *key, size_t klen,
+		     uint64_t cas)
+{
+	ON_CURRENT(h, kv__delete_cas(seg, key, klen, cas));
+}
+
+int kvshm_ttl(struct kvshm *h, const void *key, size_t klen, int64_t *ttl_ms)
+{
+	ON_CURRENT(h, kv__ttl(seg, key, klen, ttl_ms));
+}
+
+int kvshm_expire(struct kvshm *h, const void *key, size_t klen,
+		 uint64_t ttl_ms)
+{
+	ON_CURRENT(h, kv__expire(seg, key, klen, ttl_ms));
+}
+
+int kvshm_incr(struct kvshm *h, const void *key, size_t klen, int64_t delta,
+	       uint64_t init_ttl_ms, int64_t *result)
+{
+	ON_CURRENT(h, kv__incr(seg, key, klen, delta, init_ttl_ms, result));
+}
+
+int kvshm_counter(struct kvshm *h, const void *key, size_t klen,
+		  int64_t *value)
+{
+	ON_CURRENT(h, kv__counter(seg, key, klen, value));
+}
+
+int kvshm_clear(struct kvshm *h)
+{
+	ON_CURRENT(h, kv__clear(seg));
+}
+
+int kvshm_scan(struct kvshm *h, const void *prefix, size_t plen,
+	       uint64_t *cursor, size_t limit, kvshm_scan_fn fn, void *ctx)
+{
+	ON_CURRENT(h, kv__scan(seg, prefix, plen, cursor, limit, fn, ctx));
+}
+
+int kvshm_sweep(struct kvshm *h, size_t max_items, size_t *reclaimed)
+{
+	ON_CURRENT(h, kv__sweep(seg, max_items, reclaimed));
+}
+
+/* Besides checking, finish a resize whose process died (its temporary
+ * segment would otherwise linger until a writer met a moved stripe). */
+int kvshm_check(struct kvshm *h, char *report, size_t report_len)
+{
+	if (h && !h->rdonly) {
+		struct kv__seg *seg = seg_now(h);
+		if (life_of(seg) == KV_LIFE_MIGRATING &&
+		    !kv__ofd_held(seg, KV_RESIZE_LOCK_BYTE))
+			kv__resize_rollback(seg, h->name);
+	}
+	ON_CURRENT(h, kv__check(seg, report, report_len));
+}
+
+int kvshm_stats(struct kvshm *h, struct kvshm_stats *st)
+{
+	ON_CURRENT(h, kv__stats(seg, st));
+}
+
+int kvshm_janitor_claim(struct kvshm *h)
+{
+	int err;
+
+	if (!h)
+		return -EINVAL;
+	err = kv__janitor_claim(seg_now(h));
+	if (err == 0)
+		h->janitor = true;
+	return err;
+}
+
+int kvshm_janitor_heartbeat(struct kvshm *h)
+{
+	if (!h)
+		return -EINVAL;
+	return kv__janitor_heartbeat(seg_now(h));
+}
+
+int kvshm_janitor_release(struct kvshm *h)
+{
+	if (!h)
+		return -EINVAL;
+	h->janitor = false;
+	return kv__janitor_release(seg_now(h));
+}
