@@ -112,6 +112,9 @@
  *   hints (live_hint, max_expiry, statistics) are atomic adds made after the
  *     fact; a crash can leave them slightly off, and nothing depends on
  *     them for correctness.
+ *   resize: a segment's header `life` goes LIVE -> MIGRATING -> RETIRED
+ *     while kvshm_resize() copies it (resize.c); a dead resizer is rolled
+ *     back or forward by the next process that waits on it.
  *   The janitor is never needed for any of this: the next process to take
  *   a lock repairs what that lock protects.
  */
