@@ -299,11 +299,15 @@ test: libs tools examples bench $(TEST_BINS)
 	[ $$fail -eq 0 ]
 endif
 
-# The demo is a small, argument-free tour of the API (examples/demo.c). It
-# will grow with the library; this target only builds and runs it.
-demo: $(if $(wildcard examples/demo.c),$(O)/examples/demo)
-	@if [ -f examples/demo.c ]; then ./$(O)/examples/demo; \
-	else echo "no demo yet: examples/demo.c does not exist" >&2; exit 1; fi
+# The main job: examples/demo.c forks workers that share a store (one is
+# killed mid-run), then kvshm-stat shows the store and kvshm-janitor
+# destroys it.
+demo: $(O)/examples/demo $(TOOL_BINS)
+	@./$(O)/examples/demo --keep kvshm-demo; rc=$$?; \
+	echo; echo "\$$ kvshm-stat kvshm-demo"; \
+	./$(O)/bin/kvshm-stat kvshm-demo || rc=1; \
+	./$(O)/bin/kvshm-janitor destroy kvshm-demo >/dev/null || rc=1; \
+	exit $$rc
 
 # STYLE: the public header compiles alone as C11 and as C++.
 check-header:

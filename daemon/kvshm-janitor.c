@@ -959,16 +959,6 @@ static int cmd_destroy(int argc, char **argv)
 
 /* ---- resize ------------------------------------------------------------- */
 
-/*
- * RESIZE: the one call into the library. Should this tool be built against a
- * libkvshm without kvshm_resize(), the body becomes "return -ENOSYS;" and
- * `resize` says it is not available; nothing else here changes.
- */
-static int resize_store(const char *name, const struct kvshm_options *opts)
-{
-	return kvshm_resize(name, opts);
-}
-
 static int parse_resize(const struct command *c, int argc, char **argv,
 			struct kvshm_options *o, const char **name)
 {
@@ -1021,11 +1011,7 @@ static int cmd_resize(int argc, char **argv)
 	err = kvshm_stats(kv, &before);
 	kvshm_close(kv);
 	if (!err)
-		err = resize_store(name, &o);
-	if (err == -ENOSYS) {
-		cli_error("resize is not available in this build of libkvshm");
-		return CLI_EXIT_FAILURE;
-	}
+		err = kvshm_resize(name, &o);
 	if (err == -ENOSPC)
 		cli_error("%s: resize: the live items do not fit the new size; "
 			  "nothing changed", name);

@@ -8,11 +8,14 @@
  * the workers saw and the store's statistics, and verifies that no
  * acknowledged increment was lost. Exit status 0: every check passed.
  *
- *   demo [store-name]        (default "kvshm-demo"; `make demo` runs it)
+ *   demo [--keep] [store-name]   (default "kvshm-demo"; --keep leaves the
+ *                                  store behind; `make demo` runs it so and
+ *                                  then shows it with kvshm-stat)
  */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime, kill */
 
 #include <errno.h>
+#include <stdbool.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -202,7 +205,9 @@ static int report_and_check(struct kvshm *kv, const struct report *rep)
 
 int main(int argc, char **argv)
 {
-	const char *name = argc > 1 ? argv[1] : "kvshm-demo";
+	/* demo [--keep] [NAME]: --keep leaves the store for kvshm-stat */
+	bool keep = argc > 1 && strcmp(argv[1], "--keep") == 0;
+	const char *name = argc > 1 + keep ? argv[1 + keep] : "kvshm-demo";
 	struct kvshm_options o = KVSHM_OPTIONS_INIT;
 	struct report rep[WORKERS] = { { 0 } };
 	struct kvshm_stats s;
@@ -264,7 +269,8 @@ int main(int argc, char **argv)
 		       s.lock_recoveries, s.lock_contended);
 
 	kvshm_close(kv);
-	kvshm_unlink(name);
+	if (!keep)
+		kvshm_unlink(name);
 	printf("%s\n", failed ? "FAILED" : "all checks passed");
 	return failed;
 }
