@@ -10,6 +10,7 @@
 #   tools          daemon/kvshm-*.c -> build/$(BUILD)/bin/NAME (<kvshm.h> only)
 #   examples       examples/*.c     -> build/$(BUILD)/examples/NAME (<kvshm.h> only)
 #   bench          tests/bench/*.c  -> build/$(BUILD)/bench/NAME
+#   torture        tests/torture/*.c -> build/$(BUILD)/torture/NAME (test archive)
 #   tests          tests/test_*.c   -> build/$(BUILD)/tests/test_NAME (build only)
 #   test           build everything, run every test, print "N passed, N failed"
 #   demo           build and run build/$(BUILD)/examples/demo
@@ -122,6 +123,9 @@ TEST_HELPER_OBJS := $(patsubst tests/%.c,$(O)/tests/%.o,\
 	$(filter-out tests/test_%.c,$(wildcard tests/*.c)))
 
 BENCH_BINS := $(patsubst tests/bench/%.c,$(O)/bench/%,$(wildcard tests/bench/*.c))
+# Long-running stress programs (also usable by hand); tests/test_*.sh run
+# short versions of them.
+TORTURE_BINS := $(patsubst tests/torture/%.c,$(O)/torture/%,$(wildcard tests/torture/*.c))
 EXAMPLE_BINS := $(patsubst examples/%.c,$(O)/examples/%,$(wildcard examples/*.c))
 # The operator tools: each daemon/kvshm-*.c is one program; other
 # daemon/*.c files are helpers linked into every tool.
@@ -155,7 +159,7 @@ endif
 
 # ---- top-level targets -----------------------------------------------------
 
-.PHONY: all libs tools examples bench tests test demo check-header install \
+.PHONY: all libs tools examples bench torture tests test demo check-header install \
 	uninstall deps format clean FORCE
 .DEFAULT_GOAL := all
 
@@ -165,6 +169,7 @@ tools: $(TOOL_BINS)
 libs: $(STATIC_LIB) $(SHARED_LIB) $(SHARED_LINKS)
 examples: $(EXAMPLE_BINS)
 bench: $(BENCH_BINS)
+torture: $(TORTURE_BINS)
 tests: $(TEST_BINS)
 
 # ---- compiling -------------------------------------------------------------
@@ -196,6 +201,12 @@ $(O)/bench/%.o: tests/bench/%.c $(O)/.flags
 	$(call msg,CC,$@)
 	@mkdir -p $(@D)
 	$(Q)$(CC) $(ALL_CFLAGS) -Iinclude -Ishm -c -o $@ $<
+
+# Torture programs link the test archive (crash points, fault injection).
+$(O)/torture/%.o: tests/torture/%.c $(O)/.flags
+	$(call msg,CC,$@)
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(ALL_CFLAGS) -DKVSHM_TESTING -Iinclude -Ishm -c -o $@ $<
 
 # The tools are API users too: <kvshm.h> and their own daemon/*.h only.
 $(O)/daemon/%.o: daemon/%.c $(O)/.flags
@@ -241,6 +252,10 @@ $(BENCH_BINS): $(O)/bench/%: $(O)/bench/%.o $(STATIC_LIB)
 	$(call msg,LD,$@)
 	$(Q)$(CC) $(ALL_LDFLAGS) -o $@ $< $(STATIC_LIB) $(LDLIBS)
 
+$(TORTURE_BINS): $(O)/torture/%: $(O)/torture/%.o $(TEST_LIB)
+	$(call msg,LD,$@)
+	$(Q)$(CC) $(ALL_LDFLAGS) -o $@ $< $(TEST_LIB) $(LDLIBS)
+
 $(EXAMPLE_BINS): $(O)/examples/%: $(O)/examples/%.o $(STATIC_LIB)
 	$(call msg,LD,$@)
 	$(Q)$(CC) $(ALL_LDFLAGS) -o $@ $< $(STATIC_LIB) $(LDLIBS)
@@ -270,7 +285,7 @@ test:
 		exit 1; \
 	fi
 else
-test: libs tools examples bench $(TEST_BINS)
+test: libs tools examples bench torture $(TEST_BINS)
 	@pass=0; fail=0; failed=; \
 	[ -n "$(strip $(TEST_BINS) $(TEST_SCRIPTS))" ] || \
 		echo "note: no tests found (tests/test_*.c, tests/test_*.sh)"; \
@@ -369,4 +384,5 @@ FORCE:
 
 -include $(LIB_OBJS:.o=.d) $(TLIB_OBJS:.o=.d) $(TEST_BINS:=.d) \
 	$(TEST_HELPER_OBJS:.o=.d) $(BENCH_BINS:=.d) $(EXAMPLE_BINS:=.d) \
-	$(TOOL_HELPER_OBJS:.o=.d) $(patsubst $(O)/bin/%,$(O)/daemon/%.d,$(TOOL_BINS))
+	$(TOOL_HELPER_OBJS:.o=.d) $(patsubst $(O)/bin/%,$(O)/daemon/%.d,$(TOOL_BINS)) \
+	$(TORTURE_BINS:=.d)
