@@ -435,6 +435,7 @@ static void crash_child(void *p)
 	struct kvshm *kv = NULL;
 	struct report r;
 
+	memset(&r, 0, sizeof(r)); /* padding goes through the pipe too */
 	close(a->fd[0]);
 	CHILD_ASSERT_RC(kvshm_open(a->s->name, NULL, &kv), 0);
 	kvshm__test_crash_after(a->n);
