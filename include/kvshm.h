@@ -307,8 +307,11 @@ KVSHM_API int kvshm_scan(struct kvshm *kv, const void *prefix, size_t plen,
 			 void *ctx);
 
 /* Reclaim up to max_items (0 = all) expired items, a few buckets per lock
- * hold, and the slots of stripes emptied by kvshm_clear(). *reclaimed (may
- * be NULL) gets the number of items reclaimed. Errors: -EROFS. */
+ * hold, and the slots of stripes emptied by kvshm_clear(). Then, if no
+ * allocation segment is free, compact one that is at least half garbage
+ * (moving live items, never evicting), so writers find room without
+ * reclaiming it themselves. *reclaimed (may be NULL) gets the number of
+ * items reclaimed. Errors: -EROFS. */
 KVSHM_API int kvshm_sweep(struct kvshm *kv, size_t max_items,
 			  size_t *reclaimed);
 

@@ -617,7 +617,24 @@ unlock:
 	return err;
 }
 
-/* For kv__stats(): the largest item that fits without reclaiming, the
+/* How many segments a lane could take that have at least half a segment
+ * of room (FREE, or PARTIAL and at most half used). Lock-free; a hint. */
+uint32_t kv__roomy_segments(struct kv__seg *kv)
+{
+	uint32_t n = 0;
+
+	for (uint32_t s = 0; s < kv->nsegs; s++) {
+		uint32_t st = seg_state(kv, s);
+		uint64_t used = atomic_load_explicit(&seg_at(kv, s)->used,
+						     memory_order_relaxed);
+		if (st == KV_SEG_FREE ||
+		    (st == KV_SEG_PARTIAL && used <= kv->segment_bytes / 2))
+			n++;
+	}
+	return n;
+}
+
+/* For kvshm_stats(): the largest item that fits without reclaiming, the
  * number of empty segments and the bytes not yet written in any segment.
  * Reads without locks; approximate by nature. */
 uint64_t kv__largest_free(struct kv__seg *kv, uint64_t *free_segs,

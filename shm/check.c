@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * check.c - kv__check(): verify the whole segment and explain what is
+ * check.c - kvshm_check(): verify the whole segment and explain what is
  * wrong. Reads everything, writes nothing but its report (and, on a
  * writable handle, takes each stripe lock in turn, which may run a repair).
  */

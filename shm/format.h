@@ -101,7 +101,7 @@
  *     new word the change stands. Either way the owner then rebuilds what is
  *     derived from the slots (even sequences, overflow counts, item and byte
  *     totals), clearing any slot that does not verify, and only then calls
- *     pthread_mutex_consistent(). A purge after kv__clear() is redone.
+ *     pthread_mutex_consistent(). A purge after kvshm_clear() is redone.
  *   lane: only its segment's `used` cursor matters, advanced by one store
  *     after the item bytes are written; nothing to repair. A half-written
  *     item past `used` is overwritten later; one below it that was never
@@ -218,7 +218,7 @@ struct kv__header {
 	uint64_t index_off, data_off;
 	uint64_t header_check;    /* kv__header_check() over the fields above */
 
-	/* mutable, own cache line: written by kv__clear() (atomic add,
+	/* mutable, own cache line: written by kvshm_clear() (atomic add,
 	 * release) and read by every operation (acquire) */
 	alignas(KV_CACHELINE) _Atomic uint64_t clear_gen;
 	/* on the same line, read by every operation (acquire): KV_LIFE_*.
@@ -226,7 +226,7 @@ struct kv__header {
 	 * rolls back a resize whose resizer died (holding the resize lock). */
 	_Atomic uint64_t life;
 	_Atomic uint64_t resizer_pid; /* names the resize's temporary segment */
-	/* mutable, own cache line: kv__sweep()'s resume point (relaxed; any
+	/* mutable, own cache line: kvshm_sweep()'s resume point (relaxed; any
 	 * value is a valid place to resume) */
 	alignas(KV_CACHELINE) _Atomic uint64_t sweep_pos;
 	/* mutable, own cache line: the janitor's record. Written only by the
@@ -256,7 +256,7 @@ struct kv__header {
 
 /* One shard of the statistics. A thread adds to the shard picked by its
  * thread index (relaxed fetch_add: counts need no ordering), so the shards
- * are not lines that every process writes. kv__stats() sums them. */
+ * are not lines that every process writes. kvshm_stats() sums them. */
 enum kv__stat {
 	KV_ST_HITS, KV_ST_MISSES, KV_ST_SETS, KV_ST_DELETES, KV_ST_INCRS,
 	KV_ST_EVICTIONS, KV_ST_EXPIRED, KV_ST_EXPIRED_SWEPT, KV_ST_CLEARS,

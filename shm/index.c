@@ -121,7 +121,7 @@ uint64_t kv__item_bytes(const struct kv__seg *kv, const struct kv__item *it)
 }
 
 /* The stripe's buckets belong to the current clear generation. Both loads
- * acquire: they pair with the release stores in kv__clear() and in
+ * acquire: they pair with the release stores in kvshm_clear() and in
  * kv__purge_stripe(). */
 bool kv__stripe_is_current(struct kv__seg *kv, uint32_t stripe)
 {
@@ -724,7 +724,7 @@ int kv__place(struct kv__seg *kv, const struct kv__key *k, bool may_evict,
 /* ---- clear and repair --------------------------------------------------- */
 
 /*
- * Empty a stripe left behind by kv__clear() (stripe lock held). The
+ * Empty a stripe left behind by kvshm_clear() (stripe lock held). The
  * intent says PURGE first, so a crash half-way is finished by the repair;
  * every step is idempotent.
  */
@@ -790,7 +790,7 @@ void kv__purge_stripe(struct kv__seg *kv, uint32_t stripe)
  * can be checked without hashing the key: the offset, the header, that the
  * item lies inside one allocation segment, and that the slot's displacement
  * leads to the item's home bucket (*home). Used by the repair and by
- * kv__check().
+ * kvshm_check().
  */
 bool kv__slot_sane(struct kv__seg *kv, uint64_t b, uint64_t w, uint64_t *home,
 		   uint64_t *size)

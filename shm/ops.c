@@ -549,7 +549,7 @@ int kv__incr(struct kv__seg *kv, const void *key, size_t klen, int64_t delta,
 }
 
 /* Bump the clear generation: every stripe is now logically empty, and is
- * purged by the next lock of it (kv__stripe_lock) or by kv__sweep().
+ * purged by the next lock of it (kv__stripe_lock) or by kvshm_sweep().
  * release: pairs with the acquire in kv__stripe_is_current(). */
 int kv__clear(struct kv__seg *kv)
 {

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * scan.c - walking the index: kv__scan() (a resumable, lock-free listing
- * that never holds a lock while calling back) and kv__sweep() (reclaiming
+ * scan.c - walking the index: kvshm_scan() (a resumable, lock-free listing
+ * that never holds a lock while calling back) and kvshm_sweep() (reclaiming
  * expired items a few buckets per lock hold). Changes slots only through
  * kv__drop().
  *
@@ -243,6 +243,20 @@ static size_t sweep_batch(struct kv__seg *kv, uint32_t stripe, uint64_t b,
 	return n;
 }
 
+/*
+ * Give writers room before they need it: when no segment with at least half
+ * a segment of room is left for the lanes, compact the sealed segment with
+ * the most garbage, if at least half of it is garbage. It moves live items
+ * and never evicts, so it changes nothing a user can see except that the
+ * next writer to run out of room in its lane finds some instead of emptying
+ * a segment itself.
+ */
+static void sweep_compact(struct kv__seg *kv)
+{
+	if (kv__roomy_segments(kv) == 0)
+		kv__reclaim(kv, false, kv->segment_bytes / 2); /* best effort */
+}
+
 int kv__sweep(struct kv__seg *kv, size_t max_items, size_t *reclaimed)
 {
 	size_t done = 0, budget = max_items ? max_items : SIZE_MAX;
@@ -275,5 +289,7 @@ int kv__sweep(struct kv__seg *kv, size_t max_items, size_t *reclaimed)
 	atomic_store_explicit(&kv->hdr->sweep_pos, pos, memory_order_relaxed);
 	if (reclaimed)
 		*reclaimed = done;
+	if (err == 0)
+		sweep_compact(kv);
 	return err;
 }

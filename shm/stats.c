@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * stats.c - statistics (sharded counters in the segment, and the
- * kv__stats() snapshot), clocks, error strings and version queries.
+ * kvshm_stats() snapshot), clocks, error strings and version queries.
  * Writes only the stat shards.
  */
 #include "internal.h"

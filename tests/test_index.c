@@ -168,6 +168,47 @@ static void test_incr_past_the_write_count_carries_the_value_over(void **state)
 	tu_check(kv);
 }
 
+/* With no free allocation segment left and plenty of garbage (values
+ * overwritten many times), a sweep compacts a segment: free segments come
+ * back, nothing is evicted, every key keeps its last value. */
+static void test_sweep_compacts_garbage_when_no_segment_is_free(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, 4 * TU_MIB);
+	struct kvshm *kv = tu_create(fx, &o, NULL);
+	struct kvshm_stats st, st2;
+	char key[32], val[600], got[600];
+	size_t len;
+	int round = 0;
+
+	memset(val, 0, sizeof(val));
+	do { /* overwrite 200 keys until no segment is free */
+		for (int i = 0; i < 200; i++) {
+			snprintf(key, sizeof(key), "k%d", i);
+			snprintf(val, sizeof(val), "%d/%d", i, round);
+			assert_ok(kvshm_set(kv, KS(key), val, sizeof(val), 0));
+		}
+		round++;
+		assert_ok(kvshm_stats(kv, &st));
+	} while (st.free_segments > 0 && round < 1000);
+	assert_int_equal(st.free_segments, 0);
+	assert_ok(kvshm_sweep(kv, 0, NULL));
+	assert_ok(kvshm_stats(kv, &st2));
+	assert_true(st2.segments_reclaimed > st.segments_reclaimed);
+	assert_int_equal(st2.evictions, st.evictions);
+	/* the next sweep finds room and leaves the live items alone */
+	assert_ok(kvshm_sweep(kv, 0, NULL));
+	assert_ok(kvshm_stats(kv, &st));
+	assert_int_equal(st.segments_reclaimed, st2.segments_reclaimed);
+	for (int i = 0; i < 200; i++) {
+		snprintf(key, sizeof(key), "k%d", i);
+		snprintf(val, sizeof(val), "%d/%d", i, round - 1);
+		assert_ok(kvshm_get(kv, KS(key), got, sizeof(got), &len));
+		assert_string_equal(got, val);
+	}
+	tu_check(kv);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -176,6 +217,7 @@ int main(void)
 		T(test_miss_in_a_bucket_without_overflow_reads_one_bucket),
 		T(test_lock_free_incr_refuses_memory_of_another_item),
 		T(test_incr_past_the_write_count_carries_the_value_over),
+		T(test_sweep_compacts_garbage_when_no_segment_is_free),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+#
+# test_torture.sh - the short version of the kill -9 soak
+# (tests/torture/kvshm-torture.c): worker processes SIGKILLed and respawned
+# every ~30 ms, with the janitor running (and killed too), every
+# acknowledged write and counter checked. Under BUILD=tsan the same
+# workload runs as threads sharing one handle instead (TSan does not follow
+# across processes, and kills are not its business).
+#
+#   BUILD_DIR=build/release bash tests/test_torture.sh
+#   TORTURE_SECONDS=3600 BUILD_DIR=build/release bash tests/test_torture.sh
+#
+# Prints PASS/FAIL per check and a last line "N passed, N failed"; exits
+# non-zero if any check failed.
+set -u
+
+BUILD_DIR=${BUILD_DIR:-build/release}
+T=$BUILD_DIR/torture/kvshm-torture
+J=$BUILD_DIR/bin/kvshm-janitor
+S=kvtt$$ # store name prefix: unique per run
+pass=0
+fail=0
+
+cleanup() { rm -f /dev/shm/"$S"*; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ok() { pass=$((pass + 1)); echo "PASS $1"; }
+bad() {
+	fail=$((fail + 1))
+	echo "FAIL $1"
+	shift
+	[ $# -gt 0 ] && printf '     %s\n' "$@"
+	return 0
+}
+
+# soak NAME ARGS...: run the torture program, show its output, judge it
+soak()
+{
+	local name=$1 out rc
+	shift
+	echo "---- $T $*"
+	out=$("$T" --name "$S.$name" "$@" 2>&1)
+	rc=$?
+	printf '%s\n' "$out" | sed 's/^/     /'
+	if [ $rc -eq 0 ] && printf '%s\n' "$out" |
+		grep -q '^torture: .* kills (.*), .* lock recoveries .*, 0 failures$'; then
+		ok "$name"
+	else
+		bad "$name" "exit status $rc"
+	fi
+	[ ! -e /dev/shm/"$S.$name" ] || bad "$name: store unlinked" \
+		"/dev/shm/$S.$name is still there"
+}
+
+if [ ! -x "$T" ] || [ ! -x "$J" ]; then
+	bad "binaries built" "missing $T or $J (make torture tools)"
+	echo "$pass passed, $fail failed"
+	exit 1
+fi
+
+# --help is usage, exit 0; a bad option is a usage error, exit 2
+if "$T" --help | grep -q -- '--kill-ms'; then
+	ok "--help documents the options"
+else
+	bad "--help documents the options"
+fi
+"$T" --workers 0 >/dev/null 2>&1
+rc=$?
+if [ $rc -eq 2 ]; then ok "a bad option exits 2"; else bad "a bad option exits 2" "got $rc"; fi
+
+case $BUILD_DIR in
+*tsan)
+	soak threads --threads --workers 4 \
+		--seconds "${TORTURE_SECONDS:-10}" --janitor "$J"
+	;;
+*asan)
+	soak kill-soak --workers 4 --seconds "${TORTURE_SECONDS:-15}" \
+		--kill-ms 30 --janitor "$J"
+	;;
+*)
+	soak kill-soak --workers 4 --seconds "${TORTURE_SECONDS:-20}" \
+		--kill-ms 30 --janitor "$J"
+	;;
+esac
+
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]
