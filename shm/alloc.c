@@ -634,16 +634,13 @@ uint32_t kv__roomy_segments(struct kv__seg *kv)
 	return n;
 }
 
-/* For kvshm_stats(): the largest item that fits without reclaiming, the
- * number of empty segments and the bytes not yet written in any segment.
- * Reads without locks; approximate by nature. */
-uint64_t kv__largest_free(struct kv__seg *kv, uint64_t *free_segs,
-			  uint64_t *unwritten)
+/* For kvshm_stats(): the largest item that fits without reclaiming, and
+ * the number of empty segments. Reads without locks; approximate by nature. */
+uint64_t kv__largest_free(struct kv__seg *kv, uint64_t *free_segs)
 {
 	uint64_t largest = 0;
 
 	*free_segs = 0;
-	*unwritten = 0;
 	for (uint32_t s = 0; s < kv->nsegs; s++) {
 		uint32_t st = seg_state(kv, s);
 		uint64_t used = atomic_load_explicit(&seg_at(kv, s)->used,
@@ -653,13 +650,10 @@ uint64_t kv__largest_free(struct kv__seg *kv, uint64_t *free_segs,
 					: 0;
 		if (st == KV_SEG_FREE)
 			(*free_segs)++;
-		if (st != KV_SEG_FREE && st != KV_SEG_PARTIAL &&
-		    st != KV_SEG_OPEN)
-			continue;
-		*unwritten += room;
-		if (room > largest)
+		if ((st == KV_SEG_FREE || st == KV_SEG_PARTIAL ||
+		     st == KV_SEG_OPEN) &&
+		    room > largest)
 			largest = room;
 	}
-	largest = largest > KV_ITEM_HDR ? largest - KV_ITEM_HDR : 0;
-	return largest;
+	return largest > KV_ITEM_HDR ? largest - KV_ITEM_HDR : 0;
 }

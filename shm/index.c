@@ -655,8 +655,7 @@ void kv__drop(struct kv__seg *kv, uint32_t stripe, struct kv__hit *hit,
 		      0, -1,
 		      -(int64_t)size, NULL);
 	kv__live_add(kv, hit->off, -(int64_t)size);
-	if (why != KV_ST_COUNT)
-		kv__stat_inc(kv, why);
+	kv__stat_inc(kv, why);
 }
 
 /*

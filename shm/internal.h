@@ -330,8 +330,7 @@ int kv__cleaner_repair(struct kv__seg *kv, void *what);
 void kv__live_add(struct kv__seg *kv, uint64_t off, int64_t bytes);
 void kv__note_expiry(struct kv__seg *kv, uint64_t off, int64_t expires_at);
 uint32_t kv__roomy_segments(struct kv__seg *kv);
-uint64_t kv__largest_free(struct kv__seg *kv, uint64_t *free_segs,
-			  uint64_t *free_bytes);
+uint64_t kv__largest_free(struct kv__seg *kv, uint64_t *free_segs);
 
 /* ---- the operations behind the public functions (handle.c calls them
  * with the handle's current segment; they return KV_EMOVED when a resize

@@ -77,8 +77,6 @@ static uint64_t stat_sum(const struct kv__seg *kv, enum kv__stat which)
 
 int kv__stats(struct kv__seg *kv, struct kvshm_stats *st)
 {
-	uint64_t unwritten;
-
 	if (!kv || !st)
 		return -EINVAL;
 	*st = (struct kvshm_stats){
@@ -107,7 +105,7 @@ int kv__stats(struct kv__seg *kv, struct kvshm_stats *st)
 				 ? kv->data_bytes - st->used_bytes
 				 : 0;
 	st->largest_free_bytes =
-		kv__largest_free(kv, &st->free_segments, &unwritten);
+		kv__largest_free(kv, &st->free_segments);
 	st->hits = stat_sum(kv, KV_ST_HITS);
 	st->misses = stat_sum(kv, KV_ST_MISSES);
 	st->gets = st->hits + st->misses;

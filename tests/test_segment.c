@@ -11,6 +11,7 @@
 #include "testing.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 
 #define T(f) cmocka_unit_test_setup_teardown(f, tu_setup_bare, tu_teardown)
@@ -250,6 +251,56 @@ static void test_janitor_role_has_one_holder_and_dies_with_it(void **state)
 	close(a.fd[1]);
 }
 
+/* A thread that holds one stripe lock for a while. */
+struct holder {
+	struct kv__seg *seg;
+	uint32_t stripe;
+	_Atomic int locked;
+};
+
+static void *hold_stripe(void *p)
+{
+	struct holder *h = p;
+
+	if (kv__stripe_lock(h->seg, h->stripe) != 0)
+		return NULL;
+	atomic_store(&h->locked, 1);
+	tu_sleep_ms(200);
+	kv__stripe_unlock(h->seg, h->stripe);
+	return NULL;
+}
+
+/* A write whose stripe lock times out (injected) fails with -ETIMEDOUT,
+ * leaves the old value, and leaves no lock held: the next write works. */
+static void test_lock_timeout_fails_the_write_cleanly(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, 2 * TU_MIB);
+	struct kvshm *kv = tu_create(fx, &o, NULL);
+	struct holder h = {.seg = kv__cur(kv)};
+	struct kv__key k;
+	pthread_t t;
+	char got[16];
+	size_t len;
+
+	assert_ok(kvshm_set(kv, KS("key"), "old", 3, 0));
+	kv__key_init(h.seg, &k, "key", 3);
+	h.stripe = k.stripe;
+	assert_int_equal(pthread_create(&t, NULL, hold_stripe, &h), 0);
+	while (!atomic_load(&h.locked))
+		tu_sleep_ms(1);
+	kv__test_lock_timeouts = 1;
+	assert_kv(kvshm_set(kv, KS("key"), "new", 3, 0), -ETIMEDOUT);
+	kv__test_lock_timeouts = 0;
+	pthread_join(t, NULL);
+	assert_ok(kvshm_get(kv, KS("key"), got, sizeof(got), &len));
+	assert_memory_equal(got, "old", 3);
+	assert_ok(kvshm_set(kv, KS("key"), "new", 3, 0));
+	assert_ok(kvshm_get(kv, KS("key"), got, sizeof(got), &len));
+	assert_memory_equal(got, "new", 3);
+	tu_check(kv);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -261,6 +312,7 @@ int main(void)
 		T(test_failed_creation_leaves_nothing_behind),
 		T(test_check_reports_a_damaged_slot),
 		T(test_janitor_role_has_one_holder_and_dies_with_it),
+		T(test_lock_timeout_fails_the_write_cleanly),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
