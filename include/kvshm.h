@@ -323,8 +323,10 @@ KVSHM_API int kvshm_sweep(struct kvshm *kv, size_t max_items,
  * report_len > 0. report may be NULL.
  *
  * With a writable handle each stripe is checked under its lock, one stripe
- * at a time, so writers wait for at most one stripe's check. A read-only
- * handle checks optimistically and retries a stripe that changed under it.
+ * at a time, so writers wait for at most one stripe's check; taking the
+ * locks also repairs whatever dead processes left behind, and a resize
+ * whose process died is finished or undone first. A read-only handle checks
+ * optimistically and retries a stripe that changed under it.
  */
 KVSHM_API int kvshm_check(struct kvshm *kv, char *report, size_t report_len);
 
