@@ -13,6 +13,7 @@
 #include "testutil.h"
 
 #include "testing.h"
+#include "internal.h" /* kv__roomy_segments: when the janitor compacts */
 
 #define CAP 200
 #define TARGET "target"
@@ -614,6 +615,155 @@ static void test_sweep_killed_anywhere_keeps_every_live_key(void **state)
 
 #define T(f) cmocka_unit_test_setup_teardown(f, tu_setup_bare, tu_teardown)
 
+/* ---- the cleaner: a compacting sweep killed anywhere ------------------
+ * The generic campaign cannot reach most of the cleaner's crash points: a
+ * reclaim that was killed is resumed by the next one, so later runs finish
+ * early. Here every run starts from a fresh store brought to the same
+ * state (200 keys overwritten until the lanes have no room left), and a
+ * child's kvshm_sweep() compacts a segment (moving every live item) until
+ * it is killed at point n, for n spread over the whole drain. */
+
+#define CMP_KEYS 200
+#define CMP_VAL 600
+
+static void cmp_val(char *buf, int key, int round)
+{
+	memset(buf, 0, CMP_VAL);
+	snprintf(buf, CMP_VAL, "key %d round %d", key, round);
+}
+
+/* Each round adds CMP_STABLE keys that are never written again, then
+ * overwrites the CMP_KEYS churning ones: every segment ends up part live,
+ * part garbage. Rounds go on until no segment with room is left; returns
+ * the number of rounds. */
+#define CMP_STABLE 20
+
+static int cmp_prepare(struct kvshm *kv)
+{
+	char k[32], v[CMP_VAL];
+	int round = 0;
+
+	do {
+		assert_true(round < 10000);
+		for (int j = 0; j < CMP_STABLE; j++) {
+			snprintf(k, sizeof(k), "st-%d-%d", round, j);
+			cmp_val(v, j, -round);
+			assert_ok(kvshm_set(kv, KS(k), v, CMP_VAL, 0));
+		}
+		for (int i = 0; i < CMP_KEYS; i++) {
+			snprintf(k, sizeof(k), "cmp-%d", i);
+			cmp_val(v, i, round);
+			assert_ok(kvshm_set(kv, KS(k), v, CMP_VAL, 0));
+		}
+		round++;
+	} while (kv__roomy_segments(kv__cur(kv)) > 0);
+	return round;
+}
+
+static void cmp_expect(struct kvshm *kv, const char *k, const char *want)
+{
+	char got[CMP_VAL];
+	size_t len;
+
+	assert_ok(kvshm_get(kv, KS(k), got, sizeof(got), &len));
+	assert_int_equal(len, CMP_VAL);
+	assert_memory_equal(got, want, CMP_VAL);
+}
+
+static void cmp_verify(struct kvshm *kv, int rounds)
+{
+	char k[32], v[CMP_VAL];
+
+	for (int i = 0; i < CMP_KEYS; i++) {
+		snprintf(k, sizeof(k), "cmp-%d", i);
+		cmp_val(v, i, rounds - 1);
+		cmp_expect(kv, k, v);
+	}
+	for (int r = 0; r < rounds; r++)
+		for (int j = 0; j < CMP_STABLE; j++) {
+			snprintf(k, sizeof(k), "st-%d-%d", r, j);
+			cmp_val(v, j, -r);
+			cmp_expect(kv, k, v);
+		}
+}
+
+struct cmp_child {
+	const char *name;
+	long n;
+	int fd[2];
+};
+
+static void cmp_sweeper(void *p)
+{
+	struct cmp_child *a = p;
+	struct kvshm *kv;
+	long points;
+
+	close(a->fd[0]);
+	CHILD_ASSERT_RC(kvshm_open(a->name, NULL, &kv), 0);
+	kvshm__test_crash_after(a->n);
+	CHILD_ASSERT_RC(kvshm_sweep(kv, 0, NULL), 0);
+	points = kvshm__test_crashpoints();
+	CHILD_ASSERT(write(a->fd[1], &points, sizeof(points)) ==
+		     (ssize_t)sizeof(points));
+}
+
+/* One run on a fresh store: returns the crash points a full sweep passed
+ * (n == 0), or -1 if the child was killed. */
+static long cmp_run(struct tu_fx *fx, long n, uint64_t *reclaimed)
+{
+	struct kvshm_options o = tu_opts(KVSHM_NOEVICT, 4 * TU_MIB);
+	struct cmp_child a = {.n = n};
+	struct kvshm *kv = tu_create(fx, &o, &a.name);
+	struct kvshm_stats st;
+	long points = -1;
+	int rounds = cmp_prepare(kv), status;
+
+	assert_int_equal(pipe(a.fd), 0);
+	status = tu_wait(fx, tu_spawn(fx, cmp_sweeper, &a));
+	close(a.fd[1]);
+	if (read(a.fd[0], &points, sizeof(points)) != sizeof(points))
+		points = -1;
+	close(a.fd[0]);
+	assert_true((WIFEXITED(status) && WEXITSTATUS(status) == 0) ||
+		    (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL));
+	/* the parent's next write and check repair what the child left */
+	assert_ok(kvshm_set(kv, KS("after"), "x", 1, 0));
+	tu_check(kv);
+	cmp_verify(kv, rounds);
+	assert_ok(kvshm_stats(kv, &st));
+	assert_int_equal(st.evictions, 0); /* compaction never evicts */
+	*reclaimed = st.segments_reclaimed;
+	tu_close(fx, kv);
+	kvshm_unlink(a.name);
+	return points;
+}
+
+static void test_compacting_sweep_killed_anywhere_loses_nothing(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	uint64_t reclaimed;
+	long points, step, tried = 0, kills = 0;
+
+	tu_watchdog(60);
+	points = cmp_run(fx, 0, &reclaimed);
+	print_message("dry run: %ld crash points, %llu segments reclaimed\n",
+		      points, (unsigned long long)reclaimed);
+	assert_true(points > 100);
+	assert_true(reclaimed > 0); /* the dry run did compact */
+	step = points > 120 ? points / 120 : 1;
+	for (long n = 1; n <= points; n += step) {
+		tu_watchdog(30);
+		kills += cmp_run(fx, n, &reclaimed) < 0;
+		tried++;
+	}
+	tu_watchdog(0);
+	print_message("compacting sweep: %ld crash points (dry run), %ld "
+		      "exercised (every %ld), %ld kills\n",
+		      points, tried, step, kills);
+	assert_true(kills > tried / 2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -626,6 +776,7 @@ int main(void)
 		T(test_clear_killed_anywhere_removes_all_keys_or_none),
 		T(test_set_after_a_clear_killed_anywhere_revives_no_cleared_key),
 		T(test_sweep_killed_anywhere_keeps_every_live_key),
+		T(test_compacting_sweep_killed_anywhere_loses_nothing),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
