@@ -225,7 +225,10 @@ struct kv__header {
 	 * Changed only by kvshm_resize() (release), or by the process that
 	 * rolls back a resize whose resizer died (holding the resize lock). */
 	_Atomic uint64_t life;
-	_Atomic uint64_t resizer_pid; /* names the resize's temporary segment */
+	_Atomic uint64_t resizer_pid; /* names the resize's temporary segment;
+	                                 stored (relaxed) before the acq_rel CAS
+	                                 that sets MIGRATING, read by a rescuer
+	                                 after it saw MIGRATING (acquire) */
 	/* mutable, own cache line: kvshm_sweep()'s resume point (relaxed; any
 	 * value is a valid place to resume) */
 	alignas(KV_CACHELINE) _Atomic uint64_t sweep_pos;
@@ -341,6 +344,15 @@ struct kv__bucket {
 	                             readers */
 };
 
+/*
+ * An item. Its writer fills every field while the item is unlinked (the
+ * lengths, kind and hash32 before the lane's `used` advances, with release;
+ * the rest under the stripe lock), then links it with the release store of
+ * the slot word, which is what readers acquire. After that only expires_at
+ * (one atomic store, under the stripe lock) and a counter's {version,
+ * cvalue} (16-byte CAS, lock-free) change. Optimistic readers may see any
+ * field of memory being reused; they bound each one and validate afterwards.
+ */
 struct kv__item {
 	_Atomic int64_t expires_at; /* Unix ms, 0 = never */
 	uint32_t vlen;            /* value bytes after the key (0 for counters) */

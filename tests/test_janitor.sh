@@ -17,8 +17,7 @@ J=$BUILD_DIR/bin/kvshm-janitor
 TMP=$BUILD_DIR/tmp/test_janitor.$$
 S=kvjt$$ # store name prefix: unique per run
 HELPER=$TMP/kvhelper
-pass=0
-fail=0
+. "$(dirname "$0")/lib.sh"
 pids=()
 SOCKDIR=
 
@@ -34,15 +33,6 @@ cleanup()
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-ok() { pass=$((pass + 1)); echo "PASS $1"; }
-bad() {
-	fail=$((fail + 1))
-	echo "FAIL $1"
-	shift
-	[ $# -gt 0 ] && printf '     %s\n' "$@"
-	return 0
-}
 
 # run CMD...: sets $out (stdout+stderr) and $rc
 run() { out=$("$@" 2>&1); rc=$?; }
@@ -507,5 +497,4 @@ else
 		"$(cat "$TMP/d.log")"
 fi
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish

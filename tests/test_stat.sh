@@ -15,8 +15,7 @@ STAT=$BUILD_DIR/bin/kvshm-stat
 TMPBASE=$BUILD_DIR/tmp
 NAME=kvshm-test-stat-$$
 KEYS=kvshm-test-stat-keys-$$
-pass=0
-fail=0
+. "$(dirname "$0")/lib.sh"
 
 mkdir -p "$TMPBASE"
 WORK=$(mktemp -d "$TMPBASE/test_stat.XXXXXX")
@@ -29,13 +28,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ok() { echo "PASS: $1"; pass=$((pass + 1)); }
-ko() { echo "FAIL: $1"; fail=$((fail + 1)); }
-check() { # check DESCRIPTION COMMAND...: PASS if the command succeeds
-	local what=$1
-	shift
-	if "$@"; then ok "$what"; else ko "$what"; fi
-}
 
 # ---- the helper: creates a store and writes what argv says ------------------
 cat >"$WORK/helper.c" <<'EOF'
@@ -326,5 +318,4 @@ out=$("$STAT" --version)
 check "--version exits 0 with library and layout versions" \
 	bash -c '[ "$1" -eq 0 ] && grep -Eq "libkvshm [0-9]+\.[0-9]+\.[0-9]+, layout version [0-9]+" <<<"$2"' _ $? "$out"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

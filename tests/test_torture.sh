@@ -19,21 +19,12 @@ BUILD_DIR=${BUILD_DIR:-build/release}
 T=$BUILD_DIR/torture/kvshm-torture
 J=$BUILD_DIR/bin/kvshm-janitor
 S=kvtt$$ # store name prefix: unique per run
-pass=0
-fail=0
+. "$(dirname "$0")/lib.sh"
 
 cleanup() { rm -f /dev/shm/"$S"*; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ok() { pass=$((pass + 1)); echo "PASS $1"; }
-bad() {
-	fail=$((fail + 1))
-	echo "FAIL $1"
-	shift
-	[ $# -gt 0 ] && printf '     %s\n' "$@"
-	return 0
-}
 
 # soak NAME ARGS...: run the torture program, show its output, judge it
 soak()
@@ -56,7 +47,7 @@ soak()
 
 if [ ! -x "$T" ] || [ ! -x "$J" ]; then
 	bad "binaries built" "missing $T or $J (make torture tools)"
-	echo "$pass passed, $fail failed"
+	finish
 	exit 1
 fi
 
@@ -85,5 +76,4 @@ case $BUILD_DIR in
 	;;
 esac
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish
