@@ -37,6 +37,7 @@
 #ifdef KVSHM_TESTING
 /* Test builds: fail the n-th call of a system function (fault injection). */
 long kv__test_fail_ftruncate, kv__test_fail_mmap, kv__test_fail_getrandom;
+bool kv__test_zero_seed;
 static bool fault(long *countdown)
 {
 	return *countdown > 0 && --*countdown == 0;
@@ -338,9 +339,14 @@ static int segment_init(int fd, const struct kv__header *params, mode_t mode)
 		munmap(base, params->arena_bytes);
 		return -EIO;
 	}
+#ifdef KVSHM_TESTING
+	if (kv__test_zero_seed) /* what hash flooding would meet unseeded */
+		memset(h->hash_seed, 0, sizeof(h->hash_seed));
+#endif
 	pidns_id(&h->pidns_dev, &h->pidns_ino);
 	init_regions(base, h);
 	h->header_check = kv__header_check(h);
+	KV_CRASHPOINT();
 	/* release: everything above is visible to whoever sees the magic */
 	atomic_store_explicit(&h->magic, KV_MAGIC, memory_order_release);
 	munmap(base, params->arena_bytes);

@@ -11,6 +11,8 @@
 #error "shm/testing.h is for test builds (-DKVSHM_TESTING) only"
 #endif
 
+#include <stdbool.h>
+
 /* SIGKILL this process at the n-th crash point passed from now on (n >= 1);
  * 0 disarms. Crash points sit before every store to shared memory inside
  * critical sections, in the library's writers, cleaner and repairs. */
@@ -23,6 +25,9 @@ long kvshm__test_crashpoints(void);
 /* Fault injection: make the n-th following call fail (n >= 1; 0 = off). */
 extern long kv__test_fail_ftruncate, kv__test_fail_mmap,
 	kv__test_fail_getrandom;
+/* Stores created while this is set get the all-zero hash seed (the hash
+ * flooding test shows what the random seed prevents). */
+extern bool kv__test_zero_seed;
 /* Make the next n contended lock waits return -ETIMEDOUT. */
 extern long kv__test_lock_timeouts;
 

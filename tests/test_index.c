@@ -8,6 +8,7 @@
 #include "testutil.h"
 
 #include "internal.h"
+#include "testing.h" /* kv__test_zero_seed */
 
 #define T(f) cmocka_unit_test_setup_teardown(f, tu_setup_bare, tu_teardown)
 
@@ -209,6 +210,108 @@ static void test_sweep_compacts_garbage_when_no_segment_is_free(void **state)
 	tu_check(kv);
 }
 
+/* ---- hash flooding --------------------------------------------------- */
+
+#define FLOOD_KEYS 3000
+#define FLOOD_BITS 8 /* crafted homes fall in the first 1/256 unseeded */
+
+/* Keys an attacker who knows SipHash but not the seed would send: their
+ * hash under the all-zero key has its top FLOOD_BITS bits zero. */
+static void craft_flood_keys(char (*keys)[17], int n)
+{
+	static const uint64_t zero[2] = {0, 0};
+	uint64_t ctr = 0;
+
+	for (int i = 0; i < n; ctr++) {
+		snprintf(keys[i], 17, "F%015llx", (unsigned long long)ctr);
+		if (kv__siphash13(zero, keys[i], 16) >> (64 - FLOOD_BITS) == 0)
+			i++;
+	}
+}
+
+struct flood {
+	int stored, refused;
+	uint64_t in_corner;  /* indexed keys whose home is in the corner */
+	unsigned max_disp;
+};
+
+/* Write the keys to a fresh NOEVICT store, then read every stored one
+ * back and look at where the index put them. */
+static struct flood flood_store(struct tu_fx *fx, char (*keys)[17], int n)
+{
+	struct kvshm_options o = tu_opts(KVSHM_NOEVICT, 8 * TU_MIB);
+	struct kvshm *kv = tu_create(fx, &o, NULL);
+	const struct kv__seg *seg = kv__cur(kv);
+	struct flood f = {0};
+	char got[8];
+	size_t len;
+
+	for (int i = 0; i < n; i++) {
+		int rc = kvshm_set(kv, keys[i], 16, "v", 1, 0);
+		if (rc == -ENOSPC)
+			f.refused++;
+		else
+			assert_ok(rc);
+	}
+	for (int i = 0; i < n; i++) {
+		int rc = kvshm_get(kv, keys[i], 16, got, sizeof(got), &len);
+		assert_true(rc == 0 || rc == -ENOENT);
+		f.stored += rc == 0;
+	}
+	for (uint64_t b = 0; b < seg->nbuckets; b++)
+		for (unsigned s = 0; s < KV_BUCKET_SLOTS; s++) {
+			uint64_t w = atomic_load(&seg->buckets[b].slot[s]);
+			if (kv__slot_off(w) == 0)
+				continue;
+			if (kv__slot_disp(w) > f.max_disp)
+				f.max_disp = kv__slot_disp(w);
+			f.in_corner += kv__slot_home(seg, b, w) <
+				       seg->nbuckets >> FLOOD_BITS;
+		}
+	tu_check(kv);
+	return f;
+}
+
+/* Keys crafted to collide under an unseeded hash pile into one corner of
+ * an unseeded index, where the bounded probe window refuses them (never a
+ * longer probe); the per-store random seed spreads them like any keys. */
+static void test_keys_crafted_to_collide_unseeded_spread_under_the_seed(
+	void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	char (*keys)[17] = calloc(FLOOD_KEYS, sizeof(*keys));
+	struct flood seeded, unseeded;
+
+	assert_non_null(keys);
+	craft_flood_keys(keys, FLOOD_KEYS);
+
+	kv__test_zero_seed = true;
+	unseeded = flood_store(fx, keys, FLOOD_KEYS);
+	kv__test_zero_seed = false;
+	seeded = flood_store(fx, keys, FLOOD_KEYS);
+	print_message("unseeded: %d stored, %d refused, %llu homes in the "
+		      "corner, max probe %u; seeded: %d stored, %d refused, "
+		      "%llu in the corner, max probe %u\n",
+		      unseeded.stored, unseeded.refused,
+		      (unsigned long long)unseeded.in_corner,
+		      unseeded.max_disp, seeded.stored, seeded.refused,
+		      (unsigned long long)seeded.in_corner, seeded.max_disp);
+
+	/* the attack is real without the seed: every stored key is in the
+	 * corner, most are refused, and the probe stays inside its window */
+	assert_int_equal(unseeded.in_corner, (uint64_t)unseeded.stored);
+	assert_true(unseeded.refused > FLOOD_KEYS / 2);
+	assert_int_equal(unseeded.stored + unseeded.refused, FLOOD_KEYS);
+	assert_true(unseeded.max_disp < KV_MAX_PROBE);
+	/* with the seed: all stored, the corner holds its fair share (1/256,
+	 * i.e. ~12 of 3000; allow 4x), probes short */
+	assert_int_equal(seeded.stored, FLOOD_KEYS);
+	assert_int_equal(seeded.refused, 0);
+	assert_true(seeded.in_corner <= 4 * FLOOD_KEYS >> FLOOD_BITS);
+	assert_true(seeded.max_disp < KV_MAX_PROBE);
+	free(keys);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -218,6 +321,7 @@ int main(void)
 		T(test_lock_free_incr_refuses_memory_of_another_item),
 		T(test_incr_past_the_write_count_carries_the_value_over),
 		T(test_sweep_compacts_garbage_when_no_segment_is_free),
+		T(test_keys_crafted_to_collide_unseeded_spread_under_the_seed),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
