@@ -76,7 +76,9 @@ enum {
  */
 struct kvshm_options {
 	uint32_t size;            /* sizeof(struct kvshm_options); 0 is taken as the
-	                             current size */
+	                             current size. A larger size (a newer
+	                             caller) is accepted if every byte this
+	                             version does not know is 0, else -E2BIG */
 	uint32_t flags;           /* KVSHM_CREATE | KVSHM_EXCL | KVSHM_RDONLY |
 	                             KVSHM_NOEVICT */
 	uint64_t arena_bytes;     /* create: whole segment size, default 64 MiB,

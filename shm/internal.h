@@ -364,6 +364,10 @@ int kv__put_counter(struct kv__seg *kv, const void *key, size_t klen,
 		    int64_t value, int64_t expires_at);
 
 /* ---- segment.c ---- */
+/* A caller's struct kvshm_options may be at most this large (a newer
+ * version's, with the fields this one does not know left zero). */
+#define KV_MAX_OPTIONS_BYTES 4096u
+int kv__options_copy(const struct kvshm_options *in, struct kvshm_options *o);
 int kv__seg_open(const char *name, const struct kvshm_options *opts,
 		 struct kv__seg **out);
 void kv__seg_close(struct kv__seg *kv);

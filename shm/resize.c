@@ -236,11 +236,13 @@ int kvshm_resize(const char *name, const struct kvshm_options *opts)
 	uint64_t live = KV_LIFE_LIVE;
 	int err;
 
-	if (!opts || !opts->arena_bytes)
+	if (!opts)
 		return -EINVAL;
-	memcpy(&req, opts, opts->size && opts->size < sizeof(req)
-				   ? opts->size
-				   : sizeof(req));
+	err = kv__options_copy(opts, &req);
+	if (err)
+		return err;
+	if (!req.arena_bytes)
+		return -EINVAL;
 	err = kv__seg_open(name, &none, &old);
 	if (err)
 		return err;

@@ -543,8 +543,12 @@ static int create_new(const char *name, const struct kv__header *params,
 	return err < 0 ? err : 0;
 }
 
-static int options_copy(const struct kvshm_options *in,
-			struct kvshm_options *o)
+/* Copy the caller's options into *o, zero-filling what an older caller's
+ * smaller struct lacks. A newer caller's larger struct is accepted only if
+ * the fields this version does not know are zero (the openat2() rule), so
+ * an option is never silently ignored; the size is bounded before those
+ * bytes are read. */
+int kv__options_copy(const struct kvshm_options *in, struct kvshm_options *o)
 {
 	size_t n;
 
@@ -552,8 +556,12 @@ static int options_copy(const struct kvshm_options *in,
 	if (!in)
 		return 0;
 	n = in->size ? in->size : sizeof(*o);
-	if (n < offsetof(struct kvshm_options, arena_bytes))
+	if (n < offsetof(struct kvshm_options, arena_bytes) ||
+	    n > KV_MAX_OPTIONS_BYTES)
 		return -EINVAL;
+	for (size_t i = sizeof(*o); i < n; i++)
+		if (((const uint8_t *)in)[i] != 0)
+			return -E2BIG;
 	memcpy(o, in, n < sizeof(*o) ? n : sizeof(*o));
 	return 0;
 }
@@ -631,7 +639,7 @@ int kv__seg_open(const char *name, const struct kvshm_options *opts,
 	*out = NULL;
 	err = name_check(name);
 	if (!err)
-		err = options_copy(opts, &o);
+		err = kv__options_copy(opts, &o);
 	if (err)
 		return err;
 	kv__atfork_register();

@@ -336,6 +336,10 @@ static void test_open_with_invalid_options_returns_einval(void **state)
 	assert_kv(kvshm_open(name, &o, &kv), -EINVAL);
 	o.mode = 04600;
 	assert_kv(kvshm_open(name, &o, &kv), -EINVAL);
+	o = tu_opts(KVSHM_EXCL, 4 * TU_MIB); /* EXCL means nothing alone */
+	assert_kv(kvshm_open(name, &o, &kv), -EINVAL);
+	o = tu_opts(KVSHM_CREATE | KVSHM_RDONLY, 4 * TU_MIB); /* cannot init */
+	assert_kv(kvshm_open(name, &o, &kv), -EINVAL);
 	assert_null(kv);
 	/* nothing was created by the failed calls */
 	assert_kv(kvshm_open(name, NULL, &kv), -ENOENT);
@@ -345,6 +349,82 @@ static void test_open_with_invalid_options_returns_einval(void **state)
 	kv = tu_open(fx, name, &o);
 	assert_int_equal(stats_of(kv).max_key_bytes, 65535);
 	assert_int_equal(stats_of(kv).arena_bytes, TU_MIB);
+}
+
+/* Sizes and limits outside the documented ranges are refused up front;
+ * nothing is created. */
+static void test_open_with_out_of_range_sizes_returns_einval(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	const char *name = tu_new_name(fx, "range");
+	struct kvshm_options o;
+	struct kvshm *kv = NULL;
+
+	o = tu_opts(KVSHM_CREATE, (UINT64_C(1) << 40) + TU_MIB);
+	assert_kv(kvshm_open(name, &o, &kv), -EINVAL); /* over 1 TiB */
+	o = tu_opts(KVSHM_CREATE, 4 * TU_MIB);
+	o.max_value_bytes = TU_MIB + 1; /* over 1/4 of the segment */
+	assert_kv(kvshm_open(name, &o, &kv), -EINVAL);
+	o = tu_opts(KVSHM_CREATE, 4 * TU_MIB);
+	o.max_items = UINT64_C(1) << 40; /* an index larger than the segment */
+	assert_kv(kvshm_open(name, &o, &kv), -EINVAL);
+	o = tu_opts(KVSHM_CREATE, 4 * TU_MIB);
+	o.size = 4; /* too small to hold even the flags */
+	assert_kv(kvshm_open(name, &o, &kv), -EINVAL);
+	assert_null(kv);
+	assert_kv(kvshm_open(name, NULL, &kv), -ENOENT);
+}
+
+/* A caller built against a newer kvshm passes a larger options struct: it
+ * works while the fields this version does not know are zero, and is
+ * refused (-E2BIG), not silently half-obeyed, when one is set. */
+static void test_options_from_a_newer_caller_work_only_with_unknown_fields_zero(
+	void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct {
+		struct kvshm_options o;
+		uint64_t future_option;
+	} newer;
+	const char *name = tu_new_name(fx, "newer");
+	struct kvshm *kv = NULL;
+
+	memset(&newer, 0, sizeof(newer));
+	newer.o = tu_opts(KVSHM_CREATE, 4 * TU_MIB);
+	newer.o.size = sizeof(newer);
+	newer.future_option = 1;
+	assert_kv(kvshm_open(name, &newer.o, &kv), -E2BIG);
+	assert_kv(kvshm_resize(name, &newer.o), -E2BIG);
+	assert_null(kv);
+	assert_kv(kvshm_open(name, NULL, &kv), -ENOENT);
+	newer.o.size = 1u << 20; /* absurd: refused before reading past */
+	assert_kv(kvshm_open(name, &newer.o, &kv), -EINVAL);
+	newer.o.size = sizeof(newer);
+	newer.future_option = 0;
+	kv = tu_open(fx, name, &newer.o);
+	assert_int_equal(stats_of(kv).arena_bytes, 4 * TU_MIB);
+}
+
+/* kvshm_resize() with nothing to resize to, or no store, changes nothing. */
+static void test_resize_with_bad_arguments_fails_and_changes_nothing(
+	void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	const char *name = tu_new_name(fx, "rs");
+	struct kvshm_options o = tu_opts(KVSHM_CREATE, 4 * TU_MIB);
+	struct kvshm *kv = tu_open(fx, name, &o);
+
+	assert_ok(kvshm_set(kv, KS("k"), KS("v"), 0));
+	assert_kv(kvshm_resize(name, NULL), -EINVAL);
+	o = tu_opts(0, 0);
+	assert_kv(kvshm_resize(name, &o), -EINVAL); /* no size given */
+	o = tu_opts(0, TU_MIB - 1);
+	assert_kv(kvshm_resize(name, &o), -EINVAL); /* below the minimum */
+	o = tu_opts(0, 8 * TU_MIB);
+	assert_kv(kvshm_resize(tu_new_name(fx, "nostore"), &o), -ENOENT);
+	assert_kv(kvshm_resize("", &o), -EINVAL);
+	assert_int_equal(stats_of(kv).arena_bytes, 4 * TU_MIB);
+	assert_str(kv, "k", "v");
 }
 
 static void test_name_with_slash_is_a_file_path(void **state)
@@ -2188,6 +2268,9 @@ int main(void)
 		T(test_open_of_invalid_name_returns_einval),
 		T(test_dot_and_dotdot_are_refused_as_store_names),
 		T(test_open_with_invalid_options_returns_einval),
+		T(test_open_with_out_of_range_sizes_returns_einval),
+		T(test_options_from_a_newer_caller_work_only_with_unknown_fields_zero),
+		T(test_resize_with_bad_arguments_fails_and_changes_nothing),
 		T(test_name_with_slash_is_a_file_path),
 		T(test_default_options_give_the_documented_geometry),
 		T(test_attach_with_other_create_options_keeps_the_original_geometry),
