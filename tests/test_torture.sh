@@ -61,18 +61,26 @@ fi
 rc=$?
 if [ $rc -eq 2 ]; then ok "a bad option exits 2"; else bad "a bad option exits 2" "got $rc"; fi
 
+# About a minute in all per build (TORTURE_SECONDS sets each soak's length):
+# the main soak, and one on a small arena where the cleaner reclaims
+# segments all the time while workers die.
+secs=${TORTURE_SECONDS:-}
 case $BUILD_DIR in
 *tsan)
 	soak threads --threads --workers 4 \
-		--seconds "${TORTURE_SECONDS:-10}" --janitor "$J"
+		--seconds "${secs:-20}" --janitor "$J"
 	;;
 *asan)
-	soak kill-soak --workers 4 --seconds "${TORTURE_SECONDS:-15}" \
+	soak kill-soak --workers 4 --seconds "${secs:-30}" \
 		--kill-ms 30 --janitor "$J"
+	soak small-arena --workers 4 --seconds "${secs:-10}" --arena 4 \
+		--kill-ms 20 --janitor "$J"
 	;;
 *)
-	soak kill-soak --workers 4 --seconds "${TORTURE_SECONDS:-20}" \
+	soak kill-soak --workers 4 --seconds "${secs:-45}" \
 		--kill-ms 30 --janitor "$J"
+	soak small-arena --workers 4 --seconds "${secs:-15}" --arena 4 \
+		--kill-ms 20 --janitor "$J"
 	;;
 esac
 
