@@ -13,7 +13,8 @@
 #   torture        tests/torture/*.c -> build/$(BUILD)/torture/NAME (test archive)
 #   tests          tests/test_*.c   -> build/$(BUILD)/tests/test_NAME (build only)
 #   test           build everything, run every test, print "N passed, N failed"
-#   demo           build and run build/$(BUILD)/examples/demo
+#   demo           the main job: a store, its janitor, the demo's workers,
+#                  kvshm-stat, clean-up (examples/demo.sh)
 #   check-header   include/kvshm.h compiles alone as C11 and as C++
 #   install        header, libraries, kvshm.pc under $(DESTDIR)$(PREFIX)
 #   uninstall      remove what install put there
@@ -314,15 +315,12 @@ test: libs tools examples bench torture $(TEST_BINS)
 	[ $$fail -eq 0 ]
 endif
 
-# The main job: examples/demo.c forks workers that share a store (one is
-# killed mid-run), then kvshm-stat shows the store and kvshm-janitor
-# destroys it.
+# The main job (examples/demo.sh): kvshm-janitor creates the store
+# kvshm-demo and runs as its janitor while examples/demo.c's workers share
+# it (one is killed mid-run); kvshm-stat shows the store; then the janitor
+# is stopped and the store destroyed, also when something failed.
 demo: $(O)/examples/demo $(TOOL_BINS)
-	@./$(O)/examples/demo --keep kvshm-demo; rc=$$?; \
-	echo; echo "\$$ kvshm-stat kvshm-demo"; \
-	./$(O)/bin/kvshm-stat kvshm-demo || rc=1; \
-	./$(O)/bin/kvshm-janitor destroy kvshm-demo >/dev/null || rc=1; \
-	exit $$rc
+	@BUILD_DIR=$(O) bash examples/demo.sh
 
 # STYLE: the public header compiles alone as C11 and as C++.
 check-header:

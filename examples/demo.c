@@ -1,16 +1,24 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * demo.c - kvshm in one page. A prefork "server": 4 worker processes share
- * one store for request counters, sessions with a TTL, a per-client rate
- * limit and a response cache, for about 2 seconds. After 1 second the
- * parent kills worker 0 with SIGKILL (maybe in the middle of a write) and
- * checks the store; the others carry on. At the end the parent prints what
- * the workers saw and the store's statistics, and verifies that no
- * acknowledged increment was lost. Exit status 0: every check passed.
+ * one store for request counters, sessions with a sliding TTL, a
+ * per-client rate limit and a response cache, for about 2 seconds. After 1
+ * second the parent kills worker 0 with SIGKILL (maybe in the middle of a
+ * write) and checks the store; the others carry on. At the end the parent
+ * prints what the workers saw and verifies that no acknowledged increment
+ * was lost. Exit status 0: every check passed.
  *
- *   demo [--keep] [store-name]   (default "kvshm-demo"; --keep leaves the
- *                                  store behind; `make demo` runs it so and
- *                                  then shows it with kvshm-stat)
+ *   demo [NAME]   (default "kvshm-demo")
+ *
+ * If the store NAME exists, the demo uses it and leaves it there: `make
+ * demo` (examples/demo.sh) creates it with kvshm-janitor, runs the janitor
+ * beside the workers, and shows the store with kvshm-stat afterwards. If
+ * it does not, the demo creates it, prints the store's statistics itself,
+ * and removes it at the end.
+ *
+ * Each pattern here has an example of its own that checks it under many
+ * processes: sessions.c, ratelimit.c, swr_cache.c (a cache that also never
+ * stampedes).
  */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime, kill */
 
@@ -65,7 +73,10 @@ static int64_t now_ms(clockid_t clock)
 static void handle_request(struct kvshm *kv, int id, struct report *r)
 {
 	unsigned client = rand() % 10 == 0 ? 0 : 1 + rand() % (CLIENTS - 1);
-	struct kvshm_write add = { .mode = KVSHM_ADD, .ttl_ms = CACHE_TTL_MS };
+	const struct kvshm_write add = { .mode = KVSHM_ADD,
+					 .ttl_ms = CACHE_TTL_MS };
+	const struct kvshm_write new_session = { .mode = KVSHM_ADD,
+						 .ttl_ms = SESSION_TTL_MS };
 	char key[64], buf[128];
 	size_t klen, vlen;
 	int64_t n;
@@ -88,15 +99,18 @@ static void handle_request(struct kvshm *kv, int id, struct report *r)
 		return;
 	}
 
-	/* 3. the client's session: refresh its TTL, or start a new one */
+	/* 3. the client's session: refresh its TTL (it expires after
+	 * SESSION_TTL_MS without a request), or start a new one; ADD, so
+	 * that of two workers starting it at once the first one wins */
 	klen = (size_t)snprintf(key, sizeof(key), "sess:%u", client);
 	err = kvshm_get(kv, key, klen, buf, sizeof(buf), &vlen);
 	if (err == 0)
 		err = kvshm_expire(kv, key, klen, SESSION_TTL_MS);
 	if (err == -ENOENT) { /* never seen, or expired */
 		vlen = (size_t)snprintf(buf, sizeof(buf), "user=%u", client);
-		CHECK(kvshm_set(kv, key, klen, buf, vlen, SESSION_TTL_MS));
-		r->new_sessions++;
+		err = kvshm_put(kv, key, klen, buf, vlen, &new_session, NULL);
+		r->new_sessions += err == 0;
+		CHECK(err == -EEXIST ? 0 : err);
 	} else {
 		CHECK(err);
 	}
@@ -205,9 +219,7 @@ static int report_and_check(struct kvshm *kv, const struct report *rep)
 
 int main(int argc, char **argv)
 {
-	/* demo [--keep] [NAME]: --keep leaves the store for kvshm-stat */
-	bool keep = argc > 1 && strcmp(argv[1], "--keep") == 0;
-	const char *name = argc > 1 + keep ? argv[1 + keep] : "kvshm-demo";
+	const char *name = argc > 1 ? argv[1] : "kvshm-demo";
 	struct kvshm_options o = KVSHM_OPTIONS_INIT;
 	struct report rep[WORKERS] = { { 0 } };
 	struct kvshm_stats s;
@@ -215,19 +227,28 @@ int main(int argc, char **argv)
 	pid_t pid[WORKERS];
 	int64_t deadline;
 	int err, status, failed = 0;
+	bool created = false;
 	char key[32];
 
-	kvshm_unlink(name); /* a stale store from an earlier run */
-	o.flags = KVSHM_CREATE | KVSHM_EXCL;
-	o.arena_bytes = 64 << 20;
-	err = kvshm_open(name, &o, &kv);
+	if (argc > 2 || (argc > 1 && argv[1][0] == '-')) {
+		fprintf(stderr, "usage: demo [NAME]   (default kvshm-demo)\n");
+		return 2;
+	}
+	err = kvshm_open(name, NULL, &kv); /* make demo created it */
+	if (err == -ENOENT) {
+		o.flags = KVSHM_CREATE | KVSHM_EXCL;
+		o.arena_bytes = 64 << 20;
+		err = kvshm_open(name, &o, &kv);
+		created = err == 0;
+	}
 	if (err) {
 		fprintf(stderr, "kvshm_open(%s): %s\n", name,
 			kvshm_strerror(err));
 		return 1;
 	}
-	printf("kvshm %s: store \"%s\", %d workers for %d ms\n",
-	       kvshm_version(), name, WORKERS, RUN_MS);
+	printf("kvshm %s: store \"%s\"%s, %d workers for %d ms\n",
+	       kvshm_version(), name, created ? " (created)" : "", WORKERS,
+	       RUN_MS);
 	fflush(stdout); /* or the children would print it again */
 
 	deadline = now_ms(CLOCK_MONOTONIC) + RUN_MS;
@@ -254,7 +275,7 @@ int main(int argc, char **argv)
 	}
 	failed |= report_and_check(kv, rep);
 
-	if (kvshm_stats(kv, &s) == 0)
+	if (created && kvshm_stats(kv, &s) == 0) /* else kvshm-stat shows it */
 		printf("\nstore: %" PRIu64 " items, %" PRIu64
 		       " KiB used, %" PRIu64 " KiB free\ngets %" PRIu64
 		       " (hits %" PRIu64 ", misses %" PRIu64
@@ -269,7 +290,7 @@ int main(int argc, char **argv)
 		       s.lock_recoveries, s.lock_contended);
 
 	kvshm_close(kv);
-	if (!keep)
+	if (created)
 		kvshm_unlink(name);
 	printf("%s\n", failed ? "FAILED" : "all checks passed");
 	return failed;
