@@ -16,6 +16,8 @@
 #   demo           the main job: a store, its janitor, the demo's workers,
 #                  kvshm-stat, clean-up (examples/demo.sh)
 #   check-header   include/kvshm.h compiles alone as C11 and as C++
+#   fuzz           tests/fuzz/fuzz_*.c -> build/fuzz/NAME, libFuzzer harnesses
+#                  (clang, ASan+UBSan, whatever BUILD is)
 #   install        header, libraries, kvshm.pc under $(DESTDIR)$(PREFIX)
 #   uninstall      remove what install put there
 #   deps           apt-get install the test dependency (cmocka)
@@ -161,7 +163,7 @@ endif
 # ---- top-level targets -----------------------------------------------------
 
 .PHONY: all libs tools examples bench torture tests test demo check-header install \
-	uninstall deps format clean FORCE
+	uninstall deps format clean fuzz FORCE
 .DEFAULT_GOAL := all
 
 all: libs tools examples
@@ -329,6 +331,40 @@ check-header:
 	$(Q)$(CXX) -std=c++11 -Wall -Wextra -Wpedantic -Werror -fsyntax-only \
 		-x c++ include/kvshm.h
 	@echo "include/kvshm.h compiles alone as C11 and C++11"
+
+# ---- fuzzing ---------------------------------------------------------------
+
+# libFuzzer harnesses: each tests/fuzz/fuzz_NAME.c is one, linked with the
+# library sources compiled again with the test hooks (shm/testing.h). They
+# are always clang + ASan + UBSan, whatever BUILD is, so every BUILD shares
+# one copy in build/fuzz/. tests/test_fuzz.sh replays tests/fuzz/corpus/
+# through them and fuzzes each for a while.
+FUZZ_CC ?= clang
+FUZZ_O := build/fuzz
+FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=all
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer \
+	$(FUZZ_SAN) $(WARN_CFLAGS) $(ARCH_CFLAGS) -pthread -MMD -MP \
+	-DKVSHM_TESTING -Iinclude -Ishm
+FUZZ_BINS := $(patsubst tests/fuzz/%.c,$(FUZZ_O)/%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_LIB_OBJS := $(patsubst shm/%.c,$(FUZZ_O)/obj/%.o,$(LIB_SRCS))
+
+fuzz: $(FUZZ_BINS)
+
+$(FUZZ_LIB_OBJS): $(FUZZ_O)/obj/%.o: shm/%.c Makefile
+	$(call msg,FUZZCC,$@)
+	@mkdir -p $(@D)
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
+
+$(FUZZ_O)/%.o: tests/fuzz/%.c Makefile
+	$(call msg,FUZZCC,$@)
+	@mkdir -p $(@D)
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
+
+$(FUZZ_BINS): $(FUZZ_O)/%: $(FUZZ_O)/%.o $(FUZZ_LIB_OBJS)
+	$(call msg,LD,$@)
+	$(Q)$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -pthread -o $@ $^ $(LDLIBS)
+
+-include $(FUZZ_LIB_OBJS:.o=.d) $(FUZZ_BINS:=.d)
 
 # ---- installing ------------------------------------------------------------
 

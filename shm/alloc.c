@@ -62,9 +62,11 @@ static inline uint64_t seg_base(const struct kv__seg *kv, uint32_t s)
 void kv__live_add(struct kv__seg *kv, uint64_t off, int64_t bytes)
 {
 	uint32_t s = kv__seg_of(kv, off);
-	if (s < kv->nsegs)
+	if (s < kv->nsegs) {
+		KV_CRASHPOINT();
 		atomic_fetch_add_explicit(&kv->segs[s].live_hint, bytes,
 					  memory_order_relaxed);
+	}
 }
 
 void kv__note_expiry(struct kv__seg *kv, uint64_t off, int64_t expires_at)
@@ -77,6 +79,8 @@ void kv__note_expiry(struct kv__seg *kv, uint64_t off, int64_t expires_at)
 		return;
 	cur = atomic_load_explicit(&kv->segs[s].max_expiry,
 				   memory_order_relaxed);
+	if (cur < want)
+		KV_CRASHPOINT();
 	while (cur < want &&
 	       !atomic_compare_exchange_weak_explicit(
 		       &kv->segs[s].max_expiry, &cur, want,
@@ -181,12 +185,13 @@ static int lane_refill(struct kv__seg *kv, uint32_t lane, uint64_t size)
 		uint64_t used = atomic_load_explicit(&seg_at(kv, s)->used,
 						     memory_order_relaxed);
 		if ((st == KV_SEG_FREE || st == KV_SEG_PARTIAL) &&
-		    used <= kv->segment_bytes - size)
+		    used % KV_ITEM_ALIGN == 0 && used <= kv->segment_bytes - size)
 			pick = s;
 	}
 	if (pick == KV_NO_SEG) {
 		err = -ENOSPC;
 	} else {
+		KV_CRASHPOINT();
 		kv->cleaner->hand = (pick + 1) % kv->nsegs;
 		atomic_store_explicit(&seg_at(kv, pick)->owner, lane,
 				      memory_order_relaxed);
@@ -207,6 +212,7 @@ static void item_write(struct kv__seg *kv, uint64_t off,
 	struct kv__item *it = kv__item_at(kv, off);
 	uint8_t *p = (uint8_t *)it + KV_ITEM_HDR;
 
+	KV_CRASHPOINT();
 	atomic_store_explicit(&it->expires_at, 0, memory_order_relaxed);
 	it->vlen = kind == KV_KIND_COUNTER ? 0 : (uint32_t)vlen;
 	it->klen = (uint16_t)k->len;
@@ -255,7 +261,10 @@ int kv__alloc_item(struct kv__seg *kv, const struct kv__key *k, const void *val,
 			struct kv__segment *sg = seg_at(kv, s);
 			uint64_t used = atomic_load_explicit(
 				&sg->used, memory_order_relaxed);
-			if (used <= kv->segment_bytes - size) {
+			/* a misaligned cursor (damage) would misalign the
+			 * item's atomics: refill instead */
+			if (used % KV_ITEM_ALIGN == 0 &&
+			    used <= kv->segment_bytes - size) {
 				a->lane = lane;
 				a->off = seg_base(kv, s) + used;
 				a->size = size;
@@ -445,6 +454,7 @@ static int relocate(struct kv__seg *kv, uint32_t stripe, struct kv__hit *hit,
 	struct kv__swap carry = {.carry = dst, .carry_version = true};
 	int err;
 
+	KV_CRASHPOINT();
 	atomic_store_explicit(&dst->expires_at, hit->expires_at,
 			      memory_order_relaxed);
 	dst->vlen = src->vlen;
@@ -482,6 +492,7 @@ static int drain_one(struct kv__seg *kv, uint64_t off, uint32_t hash32,
 	uint32_t stripe = kv__stripe_of(kv, home);
 	struct kv__hit hit;
 	int64_t now = 0;
+	uint64_t dest_used;
 	int err = kv__stripe_lock(kv, stripe);
 
 	if (err)
@@ -492,12 +503,15 @@ static int drain_one(struct kv__seg *kv, uint64_t off, uint32_t hash32,
 		kv__drop(kv, stripe, &hit, KV_ST_EXPIRED);
 		goto out;
 	}
+	dest_used = d->dest != KV_NO_SEG
+			    ? atomic_load_explicit(&seg_at(kv, d->dest)->used,
+						   memory_order_relaxed)
+			    : 0;
 	if (d->dest != KV_NO_SEG &&
 	    (!d->may_evict ||
 	     ((hit.word & KV_SLOT_VISITED) && d->move_budget >= size)) &&
-	    atomic_load_explicit(&seg_at(kv, d->dest)->used,
-				 memory_order_relaxed) <=
-		    kv->segment_bytes - size) {
+	    dest_used % KV_ITEM_ALIGN == 0 &&
+	    dest_used <= kv->segment_bytes - size) {
 		err = relocate(kv, stripe, &hit, home, size, d);
 		if (err == 0 && d->move_budget >= size)
 			d->move_budget -= size;

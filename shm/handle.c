@@ -77,6 +77,8 @@ static int after_moved(struct kvshm *h, struct kv__seg *seg)
 			return switch_from(h, seg);
 		if (life == KV_LIFE_LIVE)
 			return 0; /* rolled back: run again on seg */
+		if (life != KV_LIFE_MIGRATING)
+			return -ENOTRECOVERABLE; /* damaged: nothing to wait for */
 		if (!kv__ofd_held(seg, KV_RESIZE_LOCK_BYTE)) {
 			int err = kv__resize_rollback(seg, h->name);
 			if (err && err != -EBUSY)

@@ -142,8 +142,16 @@ int kv__stripe_lock(struct kv__seg *kv, uint32_t stripe)
 	if (KV_UNLIKELY(atomic_load_explicit(&kv->gens[stripe],
 					     memory_order_relaxed) &
 			KV_GEN_MOVED)) {
+		/* MOVED is set only once the segment is MIGRATING, and a
+		 * rollback clears it under this mutex before the segment is
+		 * LIVE again: on a LIVE segment it is damage (or a clear_gen
+		 * with bit 63 set), and KV_EMOVED would send the caller to
+		 * wait, for ever, for a resize that does not exist. */
+		bool stray = atomic_load_explicit(&kv->hdr->life,
+						  memory_order_acquire) ==
+			     KV_LIFE_LIVE;
 		kv__unlock(&st->mutex);
-		return KV_EMOVED;
+		return stray ? -ENOTRECOVERABLE : KV_EMOVED;
 	}
 	if (KV_UNLIKELY(!kv__stripe_is_current(kv, stripe)))
 		kv__purge_stripe(kv, stripe);
@@ -613,6 +621,7 @@ int kv__swap_slot(struct kv__seg *kv, uint32_t stripe, struct kv__hit *at,
 				err = -ERANGE;
 				goto disarm;
 			}
+			KV_CRASHPOINT();
 			atomic_store_explicit(&o->carry->cvalue, (uint64_t)sum,
 					      memory_order_relaxed);
 			if (o->carry_version)
@@ -700,6 +709,7 @@ int kv__place(struct kv__seg *kv, const struct kv__key *k, bool may_evict,
 					victim = cand;
 					have_victim = true;
 				} else { /* second chance: clear the bit */
+					KV_CRASHPOINT();
 					atomic_fetch_and_explicit(
 						&bk->slot[s], ~KV_SLOT_VISITED,
 						memory_order_relaxed);
@@ -736,6 +746,7 @@ void kv__purge_stripe(struct kv__seg *kv, uint32_t stripe)
 
 	KV_CRASHPOINT();
 	st->intent.op = KV_OP_PURGE;
+	KV_CRASHPOINT();
 	atomic_store_explicit(&st->intent.state, KV_INTENT_ARMED,
 			      memory_order_release);
 	for (uint64_t b = first; b < first + kv->stripe_buckets; b++) {
@@ -774,6 +785,7 @@ void kv__purge_stripe(struct kv__seg *kv, uint32_t stripe)
 	st->items = 0;
 	st->bytes = 0;
 	atomic_fetch_add_explicit(&st->wseq, 1, memory_order_release);
+	KV_CRASHPOINT();
 	atomic_store_explicit(&kv->gens[stripe],
 			      gen | (atomic_load_explicit(&kv->gens[stripe],
 							  memory_order_relaxed) &
@@ -823,24 +835,22 @@ static void stripe_rebuild(struct kv__seg *kv, uint32_t stripe)
 	uint64_t first = (uint64_t)stripe * kv->stripe_buckets;
 	uint64_t items = 0, bytes = 0;
 
+	/* Every bucket of the stripe stays "being written" (odd sequence)
+	 * while its overflow counts are zeroed and recounted, so lock-free
+	 * readers retry (and in the end wait for this lock) rather than stop
+	 * early on a count not yet recounted. A crash anywhere in here leaves
+	 * sequences odd and counts partial: the next repair starts over. */
+	KV_CRASHPOINT();
 	for (uint64_t b = first; b < first + kv->stripe_buckets; b++) {
 		struct kv__bucket *bk = bucket_at(kv, b);
 		uint64_t m = atomic_load_explicit(&bk->meta,
 						  memory_order_relaxed);
-		if (m & 1)
-			atomic_store_explicit(&bk->meta,
-					      meta_make(meta_seq(m) + 1,
-							meta_ovf(m)),
-					      memory_order_release);
+		atomic_store_explicit(&bk->meta, meta_make(meta_seq(m) | 1, 0),
+				      memory_order_relaxed);
 	}
-	/* recount overflow: zero, then add one per displaced item */
-	for (uint64_t b = first; b < first + kv->stripe_buckets; b++) {
-		struct kv__bucket *bk = bucket_at(kv, b);
-		uint64_t m = atomic_load_explicit(&bk->meta,
-						  memory_order_relaxed);
-		atomic_store_explicit(&bk->meta, meta_make(meta_seq(m) + 2, 0),
-				      memory_order_release);
-	}
+	/* release fence: a reader that reads anything stored below also sees
+	 * the odd seq when it re-reads (pairs with its acquire fence) */
+	KV_FENCE(memory_order_release);
 	for (uint64_t b = first; b < first + kv->stripe_buckets; b++) {
 		struct kv__bucket *bk = bucket_at(kv, b);
 		for (unsigned s = 0; s < KV_BUCKET_SLOTS; s++) {
@@ -850,10 +860,9 @@ static void stripe_rebuild(struct kv__seg *kv, uint32_t stripe)
 			if (!w)
 				continue;
 			if (!kv__slot_sane(kv, b, w, &home, &size)) {
-				bucket_bump(bk);
+				KV_CRASHPOINT(); /* the bucket is odd */
 				atomic_store_explicit(&bk->slot[s], 0,
 						      memory_order_release);
-				bucket_bump(bk);
 				kv__stat_inc(kv, KV_ST_EVICTIONS);
 				continue;
 			}
@@ -872,6 +881,18 @@ static void stripe_rebuild(struct kv__seg *kv, uint32_t stripe)
 				kv__unfreeze(kv, kv__slot_off(w));
 		}
 	}
+	/* counts complete: make every sequence even again (a new value, so a
+	 * reader that overlapped the rebuild retries) */
+	KV_CRASHPOINT();
+	for (uint64_t b = first; b < first + kv->stripe_buckets; b++) {
+		struct kv__bucket *bk = bucket_at(kv, b);
+		uint64_t m = atomic_load_explicit(&bk->meta,
+						  memory_order_relaxed);
+		atomic_store_explicit(&bk->meta,
+				      meta_make(meta_seq(m) + 1, meta_ovf(m)),
+				      memory_order_release);
+	}
+	KV_CRASHPOINT();
 	st->items = items;
 	st->bytes = bytes;
 	atomic_fetch_add_explicit(&st->wseq, 1, memory_order_release);

@@ -45,7 +45,19 @@ int kv__mutex_init(pthread_mutex_t *m)
 #ifdef KVSHM_TESTING
 /* Test builds: make the next n lock waits time out (fault injection). */
 long kv__test_lock_timeouts;
+/* Test builds: the whole wait, if > 0 (a fuzzer that corrupts lock words
+ * would otherwise wait 5 s for each garbage owner). */
+long long kv__test_lock_timeout_ns;
 #endif
+
+static long long lock_wait_ns(void)
+{
+#ifdef KVSHM_TESTING
+	if (kv__test_lock_timeout_ns > 0)
+		return kv__test_lock_timeout_ns;
+#endif
+	return KV_LOCK_TIMEOUT_NS;
+}
 
 /*
  * We hold m, but maybe in the state its dead owner left. Repair what that
@@ -62,6 +74,7 @@ static int kv__acquired(struct kv__seg *kv, pthread_mutex_t *m, int rc,
 	if (rc == EOWNERDEAD) {
 		int err = repair ? repair(kv, what) : 0;
 		if (err == 0) {
+			KV_CRASHPOINT();
 			pthread_mutex_consistent(m);
 			kv__stat_inc(kv, KV_ST_LOCK_RECOVERIES);
 			return 0;
@@ -86,17 +99,20 @@ int kv__lock(struct kv__seg *kv, pthread_mutex_t *m, kv__repair_fn repair,
 	     void *what)
 {
 	int rc = pthread_mutex_trylock(m);
+	long long wait, slice;
 	uint64_t deadline;
 
 	if (KV_LIKELY(rc != EBUSY))
 		return kv__acquired(kv, m, rc, repair, what);
 
 	kv__stat_inc(kv, KV_ST_LOCK_CONTENDED);
-	deadline = kv__mono_ns() + KV_LOCK_TIMEOUT_NS;
+	wait = lock_wait_ns();
+	slice = wait < KV_LOCK_SLICE_NS ? wait : KV_LOCK_SLICE_NS;
+	deadline = kv__mono_ns() + (uint64_t)wait;
 	for (;;) {
 		struct timespec ts;
 		clock_gettime(KV_LOCK_CLOCK, &ts);
-		ts.tv_nsec += KV_LOCK_SLICE_NS;
+		ts.tv_nsec += slice;
 		if (ts.tv_nsec >= 1000000000L) {
 			ts.tv_sec++;
 			ts.tv_nsec -= 1000000000L;

@@ -256,7 +256,11 @@ int kv__get_ex(struct kv__seg *kv, const void *key, size_t klen, void *buf,
 		} else {
 			if (now == 0)
 				now = kv__now_ms();
-			item->ttl_ms = hit.expires_at - now;
+			/* a stale item's expiry may be anything <= now,
+			 * INT64_MIN included (a damaged segment) */
+			if (__builtin_sub_overflow(hit.expires_at, now,
+						   &item->ttl_ms))
+				item->ttl_ms = INT64_MIN;
 		}
 	}
 	return value_len(&hit) > buflen ? -ENOBUFS : 0;
@@ -405,6 +409,7 @@ int kv__expire(struct kv__seg *kv, const void *key, size_t klen,
 	atomic_store_explicit(&kv__item_at(kv, hit.off)->expires_at, expires,
 			      memory_order_release);
 	kv__note_expiry(kv, hit.off, expires);
+	KV_CRASHPOINT();
 	atomic_fetch_add_explicit(&kv->stripes[k.stripe].wseq, 1,
 				  memory_order_release);
 	kv__stripe_unlock(kv, k.stripe);
@@ -560,6 +565,7 @@ int kv__clear(struct kv__seg *kv)
 	err = check_writable(kv);
 	if (err)
 		return err;
+	KV_CRASHPOINT();
 	atomic_fetch_add_explicit(&kv->hdr->clear_gen, 1, memory_order_release);
 	kv__stat_inc(kv, KV_ST_CLEARS);
 	/* a resize may have copied stripes before the bump: clear the

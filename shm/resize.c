@@ -132,6 +132,7 @@ static int undo_moves(struct kv__seg *seg)
 					    KV_KIND_COUNTER)
 					kv__unfreeze(seg, kv__slot_off(w));
 			}
+		KV_CRASHPOINT();
 		atomic_fetch_and_explicit(&seg->gens[st], ~KV_GEN_MOVED,
 					  memory_order_release);
 		kv__unlock(&seg->stripes[st].mutex);
@@ -155,6 +156,7 @@ int kv__resize_rollback(struct kv__seg *seg, const char *name)
 	    KV_LIFE_MIGRATING)
 		goto unlock;
 	if (!name_is(name, seg)) {
+		KV_CRASHPOINT();
 		atomic_store_explicit(&seg->hdr->life, KV_LIFE_RETIRED,
 				      memory_order_release);
 		goto unlock;
@@ -166,7 +168,9 @@ int kv__resize_rollback(struct kv__seg *seg, const char *name)
 		  atomic_load_explicit(&seg->hdr->resizer_pid,
 				       memory_order_relaxed),
 		  tmp, sizeof(tmp));
+	KV_CRASHPOINT();
 	kvshm_unlink(tmp);
+	KV_CRASHPOINT();
 	atomic_store_explicit(&seg->hdr->life, KV_LIFE_LIVE,
 			      memory_order_release);
 unlock:
@@ -260,6 +264,7 @@ int kvshm_resize(const char *name, const struct kvshm_options *opts)
 		if (err)
 			goto close;
 	}
+	KV_CRASHPOINT();
 	atomic_store_explicit(&old->hdr->resizer_pid, (uint64_t)getpid(),
 			      memory_order_relaxed);
 	if (!atomic_compare_exchange_strong_explicit(
@@ -271,6 +276,7 @@ int kvshm_resize(const char *name, const struct kvshm_options *opts)
 	err = migrate(old, name, &req);
 	if (err) { /* back to normal service on the old segment */
 		undo_moves(old);
+		KV_CRASHPOINT();
 		atomic_store_explicit(&old->hdr->life, KV_LIFE_LIVE,
 				      memory_order_release);
 	}

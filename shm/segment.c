@@ -566,12 +566,27 @@ int kv__options_copy(const struct kvshm_options *in, struct kvshm_options *o)
 	return 0;
 }
 
+/* This open created the object behind fd and then could not attach it:
+ * remove it, if name still leads to it, so that a failed create leaves
+ * nothing behind (and a retry with KVSHM_EXCL does not meet -EEXIST). */
+static void unlink_created(const char *name, int fd)
+{
+	char path[PATH_MAX];
+	struct stat a, b;
+
+	if (kv__fs_path(name, path, sizeof(path)) == 0 &&
+	    stat(path, &a) == 0 && fstat(fd, &b) == 0 &&
+	    a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+		kvshm_unlink(name);
+}
+
 static int open_checked(const char *name, const struct kvshm_options *o,
 			struct kv__seg *kv)
 {
 	const unsigned known = KVSHM_CREATE | KVSHM_EXCL | KVSHM_RDONLY |
 			       KVSHM_NOEVICT;
 	bool may_init = o->flags & KVSHM_CREATE, try_create = may_init;
+	bool created = false;
 	bool rdonly = o->flags & KVSHM_RDONLY;
 	mode_t mode = o->mode ? o->mode : 0600;
 	struct kv__header params;
@@ -595,6 +610,7 @@ static int open_checked(const char *name, const struct kvshm_options *o,
 				if (err)
 					return err;
 				try_create = false; /* made: attach to it */
+				created = true;
 			} else if (o->flags & KVSHM_EXCL) {
 				return -EEXIST;
 			}
@@ -612,6 +628,8 @@ static int open_checked(const char *name, const struct kvshm_options *o,
 		if (err == KV_ABANDONED)
 			err = may_init ? init_if_needed(fd, &params, mode)
 				       : -EBADMSG;
+		if (err < 0 && created)
+			unlink_created(name, fd);
 		close(fd);
 		if (err < 0)
 			return err;

@@ -30,5 +30,8 @@ extern long kv__test_fail_ftruncate, kv__test_fail_mmap,
 extern bool kv__test_zero_seed;
 /* Make the next n contended lock waits return -ETIMEDOUT. */
 extern long kv__test_lock_timeouts;
+/* How long a contended lock wait lasts before -ETIMEDOUT, in ns; 0 = the
+ * real 5 s. For the fuzzers, whose garbage lock words look held. */
+extern long long kv__test_lock_timeout_ns;
 
 #endif /* KVSHM_TESTING_H */

@@ -312,6 +312,114 @@ static void test_keys_crafted_to_collide_unseeded_spread_under_the_seed(
 	free(keys);
 }
 
+/* ---- a repair killed while it recounts -------------------------------- */
+
+struct rebuild_fx {
+	struct kvshm *kv;
+	struct kv__seg *seg;
+	uint32_t stripe;
+	char other[32];   /* a key of the same stripe, for the repairer */
+	long crash_at;    /* the repairer's crash point */
+};
+
+/* Die holding the stripe's mutex, as a writer killed mid-change would. */
+static void die_holding_stripe(void *p)
+{
+	struct rebuild_fx *r = p;
+
+	if (pthread_mutex_lock(&r->seg->stripes[r->stripe].mutex) != 0)
+		_exit(1);
+	kill(getpid(), SIGKILL);
+}
+
+/* Take the lock (repairing the stripe) and die at crash point crash_at. */
+static void repair_then_die(void *p)
+{
+	struct rebuild_fx *r = p;
+
+	kvshm__test_crash_after(r->crash_at);
+	(void)kvshm_set(r->kv, KS(r->other), "x", 1, 0);
+	_exit(0);
+}
+
+/* A key whose slot sits in a bucket other than its home, and a key of the
+ * same stripe; fills the store until there is one. */
+static bool find_displaced(struct rebuild_fx *r, char *disp, size_t len)
+{
+	char key[32];
+
+	for (int i = 0; i < 200000; i++) {
+		struct kv__key k;
+		snprintf(key, sizeof(key), "d%06d", i);
+		if (kvshm_set(r->kv, KS(key), "v", 1, 0) != 0)
+			return false;
+		kv__key_init(r->seg, &k, key, strlen(key));
+		for (unsigned j = 1; j < KV_MAX_PROBE; j++) {
+			struct kv__bucket *bk =
+				&r->seg->buckets[kv__probe(r->seg, k.home, j)];
+			for (unsigned s = 0; s < KV_BUCKET_SLOTS; s++) {
+				uint64_t w = atomic_load(&bk->slot[s]);
+				if (w && kv__slot_disp(w) == j &&
+				    kv__slot_tag_matches(w, k.hash)) {
+					snprintf(disp, len, "%s", key);
+					r->stripe = k.stripe;
+					goto found;
+				}
+			}
+		}
+	}
+	return false;
+found:
+	for (int i = 0; i < 200000; i++) {
+		struct kv__key k;
+		snprintf(r->other, sizeof(r->other), "o%06d", i);
+		kv__key_init(r->seg, &k, r->other, strlen(r->other));
+		if (k.stripe == r->stripe)
+			return true;
+	}
+	return false;
+}
+
+/* A stripe repair recounts the overflow counts that let lookups stop
+ * early. Killed at any point of it, the repair must not leave a state in
+ * which a lock-free lookup of a displaced key stops early and misses it. */
+static void test_repair_killed_anywhere_never_hides_a_displaced_key(
+	void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(KVSHM_NOEVICT, TU_MIB);
+	struct rebuild_fx r = {0};
+	char disp[32], got[8];
+	size_t len;
+	long m;
+
+	r.kv = tu_create(fx, &o, NULL);
+	r.seg = kv__cur(r.kv);
+	assert_true(find_displaced(&r, disp, sizeof(disp)));
+	for (m = 1; m < 10000; m++) {
+		int status;
+
+		/* the same path every time: the parent's write first repairs
+		 * whatever the last run left, then one writer dies holding
+		 * the stripe and the next dies at point m of its repair */
+		assert_ok(kvshm_set(r.kv, KS(r.other), "p", 1, 0));
+		tu_wait(fx, tu_spawn(fx, die_holding_stripe, &r));
+		r.crash_at = m;
+		status = tu_wait(fx, tu_spawn(fx, repair_then_die, &r));
+		/* the first lookup after the kill is lock-free */
+		assert_kv(kvshm_get(r.kv, KS(disp), got, sizeof(got), &len),
+			  0);
+		if (WIFEXITED(status))
+			break; /* the repair and the write ran to the end */
+		assert_true(WIFSIGNALED(status) &&
+			    WTERMSIG(status) == SIGKILL);
+	}
+	print_message("repair killed at each of its %ld crash points: the "
+		      "displaced key %s was found every time\n", m - 1, disp);
+	assert_true(m > 3);
+	tu_check(r.kv);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -322,6 +430,7 @@ int main(void)
 		T(test_incr_past_the_write_count_carries_the_value_over),
 		T(test_sweep_compacts_garbage_when_no_segment_is_free),
 		T(test_keys_crafted_to_collide_unseeded_spread_under_the_seed),
+		T(test_repair_killed_anywhere_never_hides_a_displaced_key),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -4,12 +4,16 @@
  * survives with its value, flags, counter and expiry; handles opened before
  * the resize move by themselves; writers running through it lose no
  * acknowledged write; a resize that cannot fit changes nothing; a resizer
- * killed at any of a sample of crash points leaves a working store.
+ * killed at any crash point (every point of a small resize, a sample of a
+ * big one) leaves a working store with nothing lost and nothing left in
+ * /dev/shm, also when the process recovering it is killed in turn.
  */
 #include "testutil.h"
 
 #include "internal.h"
 #include "testing.h"
+
+#include <dirent.h>
 
 #define T(f) cmocka_unit_test_setup_teardown(f, tu_setup_bare, tu_teardown)
 #define NKEYS 2000
@@ -21,12 +25,12 @@ static void key_of(char *buf, size_t len, int i)
 
 /* Keys with values i*3 bytes long, flags i, every 4th with a TTL of an
  * hour, every 10th a counter holding i. */
-static void fill(struct kvshm *kv)
+static void fill_n(struct kvshm *kv, int nkeys)
 {
 	uint8_t v[TU_VAL_MAX];
 	char k[32];
 
-	for (int i = 0; i < NKEYS; i++) {
+	for (int i = 0; i < nkeys; i++) {
 		key_of(k, sizeof(k), i);
 		if (i % 10 == 0) {
 			assert_ok(kvshm_incr(kv, KS(k), i, 0, NULL));
@@ -39,13 +43,13 @@ static void fill(struct kvshm *kv)
 	}
 }
 
-static void verify(struct kvshm *kv)
+static void verify_n(struct kvshm *kv, int nkeys)
 {
 	uint8_t v[TU_VAL_MAX];
 	struct kvshm_item item;
 	char k[32];
 
-	for (int i = 0; i < NKEYS; i++) {
+	for (int i = 0; i < nkeys; i++) {
 		key_of(k, sizeof(k), i);
 		assert_ok(kvshm_get_ex(kv, KS(k), v, sizeof(v), &item, 0));
 		if (i % 10 == 0) {
@@ -62,6 +66,16 @@ static void verify(struct kvshm *kv)
 		else
 			assert_true(item.ttl_ms > 3500 * 1000);
 	}
+}
+
+static void fill(struct kvshm *kv)
+{
+	fill_n(kv, NKEYS);
+}
+
+static void verify(struct kvshm *kv)
+{
+	verify_n(kv, NKEYS);
 }
 
 static void test_resize_keeps_every_item_and_moves_open_handles(void **state)
@@ -203,30 +217,59 @@ static void test_resize_under_writers_loses_no_acknowledged_write(void **state)
 
 /* ---- a resizer killed half-way ----------------------------------------- */
 
+static bool full_mode(void)
+{
+	const char *e = getenv("KVSHM_CRASH_FULL");
+
+	return e && *e && strcmp(e, "0") != 0;
+}
+
 struct resize_arg {
 	const char *name;
+	uint64_t arena;   /* the new size */
 	long crash_at;
+	bool recover;     /* kvshm_check() then a write, instead of resizing */
 	int fd[2];
 };
 
+/* Child: resize (or, with recover, recover the store as any user would:
+ * kvshm_check() rolls back a dead resizer's work, then a write), armed at
+ * crash_at; report the crash points passed. */
 static void resizer(void *p)
 {
 	struct resize_arg *a = p;
-	struct kvshm_options big = tu_opts(0, 8 * TU_MIB);
+	struct kvshm_options big = tu_opts(0, a->arena);
+	struct kvshm *kv = NULL;
+	char report[256];
 	long points;
 	int rc;
 
+	if (a->recover && kvshm_open(a->name, NULL, &kv) != 0)
+		_exit(3);
+	kv__self.lane = 0; /* the same path every run */
 	kvshm__test_crash_after(a->crash_at);
-	rc = kvshm_resize(a->name, &big);
+	if (a->recover) {
+		rc = kvshm_check(kv, report, sizeof(report));
+		if (rc == 0)
+			rc = kvshm_set(kv, KS("recovered"), "y", 1, 0);
+	} else {
+		rc = kvshm_resize(a->name, &big);
+	}
 	points = kvshm__test_crashpoints();
+	kvshm__test_crash_after(0);
 	if (write(a->fd[1], &points, sizeof(points)) != sizeof(points))
 		_exit(2);
+	kvshm_close(kv);
 	_exit(rc == 0 ? 0 : 1);
 }
 
-static long run_resizer(struct tu_fx *fx, const char *name, long at)
+/* Run a resizer (or recoverer) armed at `at`; the crash points it passed,
+ * or -1 if it was killed. */
+static long run_resizer_ex(struct tu_fx *fx, const char *name, uint64_t arena,
+			   long at, bool recover)
 {
-	struct resize_arg a = {.name = name, .crash_at = at};
+	struct resize_arg a = {.name = name, .arena = arena, .crash_at = at,
+			       .recover = recover};
 	long points = -1;
 	int status;
 
@@ -236,24 +279,36 @@ static long run_resizer(struct tu_fx *fx, const char *name, long at)
 	if (read(a.fd[0], &points, sizeof(points)) != sizeof(points))
 		points = -1; /* killed */
 	close(a.fd[0]);
-	assert_true((WIFEXITED(status) && WEXITSTATUS(status) == 0) ||
-		    (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL));
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+		assert_true(points >= 0);
+	else if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL)
+		fail_msg("resizer (at %ld) neither finished nor was killed "
+			 "(status %#x)", at, (unsigned)status);
 	return points;
 }
 
+static long run_resizer(struct tu_fx *fx, const char *name, long at)
+{
+	return run_resizer_ex(fx, name, 8 * TU_MIB, at, false);
+}
+
+/* A sample of the crash points of a big resize (every one with
+ * KVSHM_CRASH_FULL=1). */
 static void test_resizer_killed_anywhere_leaves_a_working_store(void **state)
 {
 	struct tu_fx *fx = tu_fx(state);
 	struct kvshm_options o = tu_opts(0, 4 * TU_MIB);
 	const char *name;
 	struct kvshm *kv = tu_create(fx, &o, &name);
+	const bool full = full_mode();
 	long points, tried = 0;
 
 	fill(kv);
 	points = run_resizer(fx, name, 0); /* dry run: how many points */
 	assert_true(points > 10);
 	verify(kv);
-	for (long n = 1; n <= points; n += n < 40 ? 1 : points / 25) {
+	for (long n = 1; n <= points;
+	     n += full || n < 40 ? 1 : points / 25) {
 		char extra[32];
 		tu_watchdog(30);
 		run_resizer(fx, name, n);
@@ -265,8 +320,138 @@ static void test_resizer_killed_anywhere_leaves_a_working_store(void **state)
 		tried++;
 	}
 	tu_watchdog(0);
-	print_message("resize: %ld crash points, %ld killed runs checked\n",
-		      points, tried);
+	print_message("resize of %d keys: %ld crash points, %ld killed runs "
+		      "checked%s\n", NKEYS, points, tried,
+		      full ? " (every point)" : " (a sample; every point with "
+						"KVSHM_CRASH_FULL=1)");
+}
+
+/* ---- every crash point of a small resize -------------------------------- */
+
+#define SMALL_KEYS 30
+
+/* No object of the store's name or its temporary names (NAME.resize-PID)
+ * is left. */
+static void assert_no_leftovers(const char *name)
+{
+	const size_t len = strlen(name);
+	DIR *d = opendir("/dev/shm");
+	struct dirent *e;
+
+	assert_non_null(d);
+	while ((e = readdir(d)))
+		if (!strncmp(e->d_name, name, len))
+			fail_msg("left behind: /dev/shm/%s", e->d_name);
+	closedir(d);
+}
+
+/* A fresh 1 MiB store with SMALL_KEYS keys and a fixed hash seed (so every
+ * run copies the keys in the same order through the same points). */
+static struct kvshm *small_store(struct tu_fx *fx, const char *name)
+{
+	struct kvshm_options o = tu_opts(KVSHM_CREATE | KVSHM_EXCL, TU_MIB);
+	struct kvshm *kv = tu_open(fx, name, &o);
+	struct kv__header *h = kv__cur(kv)->hdr;
+
+	h->hash_seed[0] = UINT64_C(0x0123456789abcdef);
+	h->hash_seed[1] = UINT64_C(0xfedcba9876543210);
+	h->header_check = kv__header_check(h);
+	tu_close(fx, kv);
+	kv = tu_open(fx, name, NULL);
+	kv__self.lane = 0;
+	fill_n(kv, SMALL_KEYS);
+	return kv;
+}
+
+/* One run: a resizer killed at n (0 = not armed), then, if m >= 0, a
+ * recoverer armed at m (0 = not armed); then the parent checks that every
+ * key is intact, that the store works and is consistent, and that nothing
+ * is left in /dev/shm once it is unlinked. Returns the points the last
+ * child passed, or -1 if it was killed. */
+static long small_run(struct tu_fx *fx, const char *name, long n, long m,
+		      uint64_t *recoveries)
+{
+	struct kvshm *kv;
+	struct kvshm_stats st;
+	long points;
+
+	tu_watchdog(30);
+	kv = small_store(fx, name);
+	points = run_resizer_ex(fx, name, 2 * TU_MIB, n, false);
+	if (m >= 0) {
+		assert_true(points < 0);
+		points = run_resizer_ex(fx, name, 2 * TU_MIB, m, true);
+	}
+	verify_n(kv, SMALL_KEYS); /* readers need no recovery */
+	tu_check(kv);             /* rolls a dead resize back or forward */
+	assert_ok(kvshm_set(kv, KS("after"), "x", 1, 0));
+	verify_n(kv, SMALL_KEYS);
+	tu_check(kv);
+	assert_ok(kvshm_stats(kv, &st));
+	*recoveries += st.lock_recoveries;
+	tu_close(fx, kv);
+	assert_ok(kvshm_unlink(name));
+	assert_no_leftovers(name);
+	tu_watchdog(0);
+	return points;
+}
+
+static void test_small_resize_killed_at_every_point_then_during_recovery_loses_nothing(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	const char *name = tu_new_name(fx, "rs");
+	const bool full = full_mode();
+	uint64_t recoveries = 0;
+	long points, kills = 0, runs = 0, pairs = 0, second_kills = 0;
+	long nfirst = 0, all_m_for = -1, max_q = 0;
+
+	points = small_run(fx, name, 0, -1, &recoveries);
+	assert_true(points > SMALL_KEYS);
+	for (long n = 1;; n++) {
+		const long got = small_run(fx, name, n, -1, &recoveries);
+		runs++;
+		if (got >= 0)
+			break;
+		kills++;
+		assert_true(n <= points);
+	}
+	/* the new segment's seed is random, but with so few keys nothing
+	 * is displaced there: every run passes the same points */
+	assert_int_equal(kills, points);
+	print_message("small resize (%d keys, 1 -> 2 MiB): %ld crash points "
+		      "(dry run), %ld exercised, %ld kills, %" PRIu64
+		      " lock recoveries\n",
+		      SMALL_KEYS, points, runs, kills, recoveries);
+
+	/* killed again while recovering: for 6 n spread over the resize
+	 * (every n in full mode), every m of the recoverer's kvshm_check()
+	 * and write */
+	recoveries = 0;
+	for (long n = 1; n <= points;
+	     n += full ? 1 : (points + 5) / 6) {
+		const long q = small_run(fx, name, n, 0, &recoveries);
+		assert_true(q >= 0);
+		nfirst++;
+		if (q > max_q) {
+			max_q = q;
+			all_m_for = n;
+		}
+		for (long m = 1; m <= q + 1; m++) {
+			const long got = small_run(fx, name, n, m, &recoveries);
+			pairs++;
+			if (m <= q)
+				assert_true(got < 0);
+			else
+				assert_true(got >= 0);
+			second_kills += got < 0;
+		}
+	}
+	print_message("small resize, recovery killed too: %ld pairs (n, m) "
+		      "over %ld first points, every m for each (up to %ld, "
+		      "n=%ld), %ld second kills, %" PRIu64
+		      " lock recoveries\n",
+		      pairs, nfirst, max_q, all_m_for, second_kills,
+		      recoveries);
 }
 
 int main(void)
@@ -276,6 +461,7 @@ int main(void)
 		T(test_resize_that_cannot_fit_changes_nothing),
 		T(test_resize_under_writers_loses_no_acknowledged_write),
 		T(test_resizer_killed_anywhere_leaves_a_working_store),
+		T(test_small_resize_killed_at_every_point_then_during_recovery_loses_nothing),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -10,6 +10,7 @@
 #include "internal.h"
 #include "testing.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
@@ -301,6 +302,331 @@ static void test_lock_timeout_fails_the_write_cleanly(void **state)
 	tu_check(kv);
 }
 
+/* ---- countdown fault sweeps ----------------------------------------------
+ * For each injectable system call and each operation that makes it: fail
+ * the 1st call, then the 2nd, ... until the operation succeeds. Every
+ * failure must be a clean negative errno that leaves no file descriptor
+ * open, nothing new in /dev/shm (no NAME.resize-PID either), and an
+ * existing store intact and usable. */
+
+#define FAULT_KEYS 50
+
+static int open_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int n = 0;
+
+	assert_non_null(d);
+	while ((e = readdir(d)))
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n - 1; /* the directory's own descriptor */
+}
+
+/* How many objects in /dev/shm have a name starting with name. */
+static int shm_objects(const char *name)
+{
+	const size_t len = strlen(name);
+	DIR *d = opendir("/dev/shm");
+	struct dirent *e;
+	int n = 0;
+
+	assert_non_null(d);
+	while ((e = readdir(d)))
+		n += !strncmp(e->d_name, name, len);
+	closedir(d);
+	return n;
+}
+
+static void fault_fill(struct kvshm *kv)
+{
+	char k[32], v[32];
+
+	for (int i = 0; i < FAULT_KEYS; i++) {
+		snprintf(k, sizeof(k), "fk-%d", i);
+		snprintf(v, sizeof(v), "value %d", i);
+		assert_ok(kvshm_set(kv, KS(k), v, strlen(v), 0));
+	}
+}
+
+/* Every key is there with its value, the store takes a write and checks. */
+static void fault_store_intact(const char *name)
+{
+	struct kvshm *kv = NULL;
+	char k[32], v[32], got[32];
+	size_t len;
+
+	assert_ok(kvshm_open(name, NULL, &kv));
+	for (int i = 0; i < FAULT_KEYS; i++) {
+		snprintf(k, sizeof(k), "fk-%d", i);
+		snprintf(v, sizeof(v), "value %d", i);
+		assert_ok(kvshm_get(kv, KS(k), got, sizeof(got), &len));
+		assert_int_equal(len, strlen(v));
+		assert_memory_equal(got, v, len);
+	}
+	assert_ok(kvshm_set(kv, KS("after"), "x", 1, 0));
+	assert_int_equal(atomic_load(&kv__cur(kv)->hdr->life), KV_LIFE_LIVE);
+	tu_check(kv);
+	kvshm_close(kv);
+}
+
+enum fault_op { FOP_CREATE, FOP_ATTACH, FOP_RESIZE, FOP_UNLINK, FOP_N };
+static const char *const fop_name[FOP_N] = {
+	"kvshm_open (create)", "kvshm_open (attach)", "kvshm_resize",
+	"kvshm_unlink"};
+
+/* Run op on name (which exists, with the fault keys, unless op creates). */
+static int fault_op_run(enum fault_op op, const char *name)
+{
+	struct kvshm_options create = tu_opts(KVSHM_CREATE | KVSHM_EXCL,
+					      TU_MIB);
+	struct kvshm_options bigger = tu_opts(0, 2 * TU_MIB);
+	struct kvshm *kv = NULL;
+	int rc;
+
+	switch (op) {
+	case FOP_CREATE:
+	case FOP_ATTACH:
+		rc = kvshm_open(name, op == FOP_CREATE ? &create : NULL, &kv);
+		if (rc == 0)
+			kvshm_close(kv);
+		else
+			assert_null(kv);
+		return rc;
+	case FOP_RESIZE:
+		return kvshm_resize(name, &bigger);
+	default:
+		return kvshm_unlink(name);
+	}
+}
+
+/* Fail the n-th call of *countdown's function during op, n = 1, 2, ...;
+ * returns how many failing runs there were (the calls op makes). */
+static long fault_sweep(struct tu_fx *fx, long *countdown, enum fault_op op)
+{
+	const char *name = tu_new_name(fx, "fault");
+	struct kvshm_options o = tu_opts(KVSHM_CREATE | KVSHM_EXCL, TU_MIB);
+
+	for (long n = 1;; n++) {
+		int fds, rc;
+
+		assert_true(n < 100);
+		if (op != FOP_CREATE) {
+			struct kvshm *kv = NULL;
+			assert_ok(kvshm_open(name, &o, &kv));
+			fault_fill(kv);
+			kvshm_close(kv);
+		}
+		fds = open_fds();
+		*countdown = n;
+		rc = fault_op_run(op, name);
+		*countdown = 0;
+		assert_int_equal(open_fds(), fds); /* no descriptor leaked */
+		if (rc == 0) {
+			/* the n-th call was never made: the op is done */
+			if (op == FOP_UNLINK) {
+				assert_int_equal(shm_objects(name), 0);
+			} else {
+				assert_int_equal(shm_objects(name), 1);
+				if (op != FOP_CREATE)
+					fault_store_intact(name);
+				assert_ok(kvshm_unlink(name));
+			}
+			return n - 1;
+		}
+		if (rc >= 0 || rc < -4095)
+			fail_msg("%s with call %ld failing returned %d", fop_name[op],
+				 n, rc);
+		if (op == FOP_CREATE) {
+			struct kvshm *kv = NULL;
+			/* nothing half-created: the name is free again */
+			assert_int_equal(shm_objects(name), 0);
+			assert_kv(kvshm_open(name, NULL, &kv), -ENOENT);
+			continue;
+		}
+		/* the store as it was, and nothing else (no NAME.resize-PID) */
+		assert_int_equal(shm_objects(name), 1);
+		fault_store_intact(name);
+		if (op == FOP_RESIZE) { /* and a later resize works */
+			struct kvshm_options bigger = tu_opts(0, 2 * TU_MIB);
+			assert_ok(kvshm_resize(name, &bigger));
+			assert_int_equal(shm_objects(name), 1);
+			fault_store_intact(name);
+		}
+		assert_ok(kvshm_unlink(name));
+	}
+}
+
+static void test_every_failing_system_call_fails_cleanly_and_leaves_nothing(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	static const char *const fault_name[] = {"ftruncate", "mmap",
+						 "getrandom"};
+	long *faults[] = {&kv__test_fail_ftruncate, &kv__test_fail_mmap,
+			  &kv__test_fail_getrandom};
+	long failing = 0;
+
+	for (size_t f = 0; f < sizeof(faults) / sizeof(faults[0]); f++)
+		for (int op = 0; op < FOP_N; op++) {
+			const long calls = fault_sweep(fx, faults[f], op);
+			failing += calls;
+			print_message("%s failing in %s: %ld call(s), each "
+				      "failed cleanly\n",
+				      fault_name[f], fop_name[op], calls);
+		}
+	assert_true(failing >= 5); /* create and resize make these calls */
+}
+
+/* ---- injected lock timeouts across every write ---------------------------- */
+
+/* A thread that holds a set of mutexes for a while. */
+struct mutex_holder {
+	struct kv__seg *seg;
+	pthread_mutex_t *m[KV_MAX_LANES + 1];
+	int n;
+	_Atomic int locked;
+};
+
+static void *hold_mutexes(void *p)
+{
+	struct mutex_holder *h = p;
+
+	for (int i = 0; i < h->n; i++)
+		if (kv__lock(h->seg, h->m[i], NULL, NULL) != 0)
+			return NULL;
+	atomic_store(&h->locked, 1);
+	tu_sleep_ms(50);
+	for (int i = h->n - 1; i >= 0; i--)
+		kv__unlock(h->m[i]);
+	return NULL;
+}
+
+enum { LT_SET, LT_ADD, LT_CAS, LT_DELETE, LT_DELETE_CAS, LT_EXPIRE,
+       LT_INCR, LT_SWEEP, LT_N };
+static const char *const lt_name[LT_N] = {
+	"set", "put ADD", "put CAS", "delete", "delete_cas", "expire",
+	"incr (create)", "sweep"};
+
+static int lt_op(struct kvshm *kv, int op, uint64_t cas)
+{
+	struct kvshm_write w = {.mode = op == LT_ADD ? KVSHM_ADD
+				      : op == LT_CAS ? KVSHM_CAS
+						     : KVSHM_SET,
+				.cas = cas};
+	const char *key = op == LT_ADD || op == LT_INCR ? "fresh" : "key";
+
+	switch (op) {
+	case LT_SET:
+	case LT_ADD:
+	case LT_CAS:
+		return kvshm_put(kv, KS(key), "new", 3, &w, NULL);
+	case LT_DELETE:
+		return kvshm_delete(kv, KS(key));
+	case LT_DELETE_CAS:
+		return kvshm_delete_cas(kv, KS(key), cas);
+	case LT_EXPIRE:
+		return kvshm_expire(kv, KS(key), 1);
+	case LT_INCR:
+		return kvshm_incr(kv, KS(key), 1, 0, NULL);
+	default:
+		return kvshm_sweep(kv, 0, NULL);
+	}
+}
+
+/* No lock of the segment is held: each can be taken at once. */
+static void assert_no_lock_held(struct kv__seg *seg)
+{
+	for (uint32_t s = 0; s < seg->nstripes; s++) {
+		assert_ok(kv__trylock(seg, &seg->stripes[s].mutex, NULL, NULL));
+		kv__unlock(&seg->stripes[s].mutex);
+	}
+	for (uint32_t l = 0; l < seg->nlanes; l++) {
+		assert_ok(kv__trylock(seg, &seg->lanes[l].mutex, NULL, NULL));
+		kv__unlock(&seg->lanes[l].mutex);
+	}
+	assert_ok(kv__trylock(seg, &seg->cleaner->mutex, NULL, NULL));
+	kv__unlock(&seg->cleaner->mutex);
+}
+
+/* Every write whose lock wait times out (injected while another thread
+ * holds its stripe lock, or every lane for the writes that allocate)
+ * returns -ETIMEDOUT, changes nothing, and leaves no lock held. */
+static void test_lock_timeout_fails_every_write_cleanly(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, 2 * TU_MIB);
+	long timeouts = 0;
+
+	for (int op = 0; op < LT_N; op++)
+		for (int lanes = 0; lanes < 2; lanes++) {
+			struct kvshm *kv = tu_create(fx, &o, NULL);
+			struct mutex_holder h = {.seg = kv__cur(kv)};
+			const struct kvshm_write expired = {.expires_at_ms = 1};
+			struct kv__key k;
+			pthread_t t;
+			uint64_t cas;
+			char got[16];
+			size_t len;
+			int rc;
+			const bool allocates = op == LT_SET || op == LT_ADD ||
+					       op == LT_CAS || op == LT_INCR;
+
+			if (lanes && !allocates) {
+				tu_close(fx, kv);
+				continue;
+			}
+			assert_ok(kvshm_put(kv, KS("key"), "old", 3, NULL, &cas));
+			assert_ok(kvshm_put(kv, KS("gone"), "old", 3, &expired,
+					    NULL));
+			const char *key = op == LT_ADD || op == LT_INCR ? "fresh"
+					  : op == LT_SWEEP ? "gone"
+							   : "key";
+
+			kv__key_init(h.seg, &k, key, strlen(key));
+			if (lanes)
+				for (uint32_t l = 0; l < h.seg->nlanes; l++)
+					h.m[h.n++] = &h.seg->lanes[l].mutex;
+			else
+				h.m[h.n++] = &h.seg->stripes[k.stripe].mutex;
+			assert_int_equal(pthread_create(&t, NULL, hold_mutexes,
+							&h), 0);
+			while (!atomic_load(&h.locked))
+				tu_sleep_ms(1);
+			kv__test_lock_timeouts = 1;
+			rc = lt_op(kv, op, cas);
+			if (rc != -ETIMEDOUT)
+				fail_msg("%s, %s held: %d (%s), not -ETIMEDOUT",
+					 lt_name[op], lanes ? "every lane" : "its stripe",
+					 rc, kvshm_strerror(rc));
+			assert_int_equal(kv__test_lock_timeouts, 0);
+			kv__test_lock_timeouts = 0;
+			pthread_join(t, NULL);
+			timeouts++;
+			/* nothing changed, no lock left */
+			assert_no_lock_held(h.seg);
+			assert_ok(kvshm_get(kv, KS("key"), got, sizeof(got),
+					    &len));
+			assert_int_equal(len, 3);
+			assert_memory_equal(got, "old", 3);
+			{
+				int64_t ttl;
+				assert_ok(kvshm_ttl(kv, KS("key"), &ttl));
+				assert_int_equal(ttl, -1);
+			}
+			assert_kv(kvshm_exists(kv, KS("fresh")), 0);
+			assert_int_equal(tu_items(kv), 2); /* "gone" not swept */
+			tu_check(kv);
+			/* and the same write works now */
+			assert_ok(lt_op(kv, op, cas));
+			tu_check(kv);
+			tu_close(fx, kv);
+		}
+	print_message("%ld lock waits timed out cleanly (%d kinds of write; "
+		      "stripe held, and every lane held for the %d that "
+		      "allocate)\n", timeouts, LT_N, 4);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -313,6 +639,8 @@ int main(void)
 		T(test_check_reports_a_damaged_slot),
 		T(test_janitor_role_has_one_holder_and_dies_with_it),
 		T(test_lock_timeout_fails_the_write_cleanly),
+		T(test_every_failing_system_call_fails_cleanly_and_leaves_nothing),
+		T(test_lock_timeout_fails_every_write_cleanly),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
