@@ -6,6 +6,9 @@
  * passes the repair function for its own critical sections.
  */
 #include "internal.h"
+#ifdef KVSHM_TESTING
+#include "testing.h"
+#endif
 
 #include <time.h>
 
@@ -50,6 +53,57 @@ long kv__test_lock_timeouts;
 long long kv__test_lock_timeout_ns;
 #endif
 
+#ifdef KVSHM_TESTING
+bool kv__test_time_holds;
+struct kv__hold_stats kv__test_holds;
+/* The locks this thread holds, with when it took them (nesting is shallow:
+ * a stripe inside the cleaner or a lane). */
+static _Thread_local struct {
+	pthread_mutex_t *m;
+	uint64_t since;
+} held[4];
+
+void kv__test_hold_reset(void)
+{
+	memset(&kv__test_holds, 0, sizeof(kv__test_holds));
+	memset(held, 0, sizeof(held));
+}
+
+static void hold_begin(pthread_mutex_t *m)
+{
+	if (!kv__test_time_holds)
+		return;
+	for (unsigned i = 0; i < sizeof(held) / sizeof(held[0]); i++)
+		if (!held[i].m) {
+			held[i].m = m;
+			held[i].since = kv__mono_ns();
+			return;
+		}
+}
+
+static void hold_end(pthread_mutex_t *m)
+{
+	for (unsigned i = 0; i < sizeof(held) / sizeof(held[0]); i++) {
+		if (held[i].m != m)
+			continue;
+		uint64_t ns = kv__mono_ns() - held[i].since;
+		unsigned b = 0;
+		held[i].m = NULL;
+		while (b + 1 < KV_HOLD_BUCKETS && ns >> b)
+			b++;
+		kv__test_holds.holds++;
+		kv__test_holds.log2_ns[b]++;
+		kv__test_holds.over_200us += ns > 200 * 1000;
+		if (ns > kv__test_holds.max_ns)
+			kv__test_holds.max_ns = ns;
+		return;
+	}
+}
+#else
+#define hold_begin(m) ((void)0)
+#define hold_end(m) ((void)0)
+#endif
+
 static long long lock_wait_ns(void)
 {
 #ifdef KVSHM_TESTING
@@ -69,16 +123,21 @@ static long long lock_wait_ns(void)
 static int kv__acquired(struct kv__seg *kv, pthread_mutex_t *m, int rc,
 			kv__repair_fn repair, void *what)
 {
-	if (KV_LIKELY(rc == 0))
+	if (KV_LIKELY(rc == 0)) {
+		hold_begin(m);
 		return 0;
+	}
 	if (rc == EOWNERDEAD) {
-		int err = repair ? repair(kv, what) : 0;
+		int err;
+		hold_begin(m);
+		err = repair ? repair(kv, what) : 0;
 		if (err == 0) {
 			KV_CRASHPOINT();
 			pthread_mutex_consistent(m);
 			kv__stat_inc(kv, KV_ST_LOCK_RECOVERIES);
 			return 0;
 		}
+		hold_end(m);
 		pthread_mutex_unlock(m);
 		return -ENOTRECOVERABLE;
 	}
@@ -134,5 +193,6 @@ int kv__lock(struct kv__seg *kv, pthread_mutex_t *m, kv__repair_fn repair,
 
 void kv__unlock(pthread_mutex_t *m)
 {
+	hold_end(m);
 	pthread_mutex_unlock(m);
 }

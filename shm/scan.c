@@ -193,7 +193,7 @@ out:
 
 /* ---- sweep -------------------------------------------------------------- */
 
-#define KV_SWEEP_BATCH 32u /* buckets per lock hold */
+#define KV_SWEEP_BATCH 16u /* buckets per lock hold */
 
 /* Might buckets [b, end) hold an expired item? A lock-free look, only to
  * avoid locking batches with nothing to do: a wrong answer costs a lock or

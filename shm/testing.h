@@ -12,6 +12,7 @@
 #endif
 
 #include <stdbool.h>
+#include <stdint.h>
 
 /* SIGKILL this process at the n-th crash point passed from now on (n >= 1);
  * 0 disarms. Crash points sit before every store to shared memory inside
@@ -33,5 +34,20 @@ extern long kv__test_lock_timeouts;
 /* How long a contended lock wait lasts before -ETIMEDOUT, in ns; 0 = the
  * real 5 s. For the fuzzers, whose garbage lock words look held. */
 extern long long kv__test_lock_timeout_ns;
+
+/* Lock hold timing, for benchmarks (tests/bench/kvshm-sweep.c): while
+ * kv__test_time_holds is set, every hold of a shared lock by this process
+ * is timed from acquisition (repair included) to release. One thread only:
+ * the totals are plain fields. */
+#define KV_HOLD_BUCKETS 40
+struct kv__hold_stats {
+	uint64_t holds;
+	uint64_t max_ns;
+	uint64_t over_200us;
+	uint64_t log2_ns[KV_HOLD_BUCKETS]; /* [b]: holds in [2^(b-1), 2^b) ns */
+};
+extern bool kv__test_time_holds;
+extern struct kv__hold_stats kv__test_holds;
+void kv__test_hold_reset(void);
 
 #endif /* KVSHM_TESTING_H */
