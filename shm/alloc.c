@@ -407,6 +407,7 @@ static uint32_t dest_get(struct kv__seg *kv)
 struct kv__drain {
 	uint32_t victim, dest;
 	bool may_evict;
+	bool move_all;            /* the victim is at least half garbage */
 	uint64_t move_budget;     /* bytes we may still move (second chance) */
 };
 
@@ -508,7 +509,7 @@ static int drain_one(struct kv__seg *kv, uint64_t off, uint32_t hash32,
 						   memory_order_relaxed)
 			    : 0;
 	if (d->dest != KV_NO_SEG &&
-	    (!d->may_evict ||
+	    (!d->may_evict || d->move_all ||
 	     ((hit.word & KV_SLOT_VISITED) && d->move_budget >= size)) &&
 	    dest_used % KV_ITEM_ALIGN == 0 &&
 	    dest_used <= kv->segment_bytes - size) {
@@ -604,6 +605,12 @@ int kv__reclaim(struct kv__seg *kv, bool may_evict, uint64_t need)
 		}
 		seg_set_state(kv, d.victim, KV_SEG_DRAINING);
 	}
+	/* A victim that is at least half garbage (values overwritten or
+	 * deleted) frees half a segment or more without evicting anything:
+	 * move every live item, read or not. Only a store that is mostly
+	 * live data evicts, and then only items not read since written. */
+	d.move_all = seg_live(kv, d.victim, kv__now_ms()) <=
+		     kv->segment_bytes / 2;
 	d.dest = dest_get(kv);
 	err = drain(kv, &d);
 	if (err == -ENOSPC) { /* may not evict: give the victim back */

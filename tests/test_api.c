@@ -2046,6 +2046,47 @@ static int fill_until_enospc(struct kvshm *kv, const char *pfx)
 	return i;
 }
 
+/* Overwriting a few keys over and over fills the arena with garbage. The
+ * writers' reclaim then moves the live items of a mostly-garbage segment,
+ * read or not, instead of evicting them: a cache that is mostly garbage
+ * never drops live data. */
+static void test_reclaim_of_mostly_garbage_moves_live_items_instead_of_evicting(
+	void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, 4 * TU_MIB);
+	struct kvshm *kv = tu_create(fx, &o, NULL);
+	enum { NKEYS = 2000 };
+	static int last[NKEYS]; /* round of each key's last write */
+	char key[32], val[200], got[200];
+	uint64_t rng = 88172645463325252ull;
+	size_t len;
+
+	memset(val, 0, sizeof(val));
+	/* random keys, so live items end up spread over every segment;
+	 * ~15% of the arena is live, the rest garbage */
+	for (int n = 0; n < 400000 && stats_of(kv).segments_reclaimed < 40;
+	     n++) {
+		rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+		int i = (int)(rng % NKEYS);
+		snprintf(key, sizeof(key), "k%d", i);
+		snprintf(val, sizeof(val), "%d/%d", i, n);
+		assert_ok(kvshm_set(kv, KS(key), val, sizeof(val), 0));
+		last[i] = n + 1;
+	}
+	assert_true(stats_of(kv).segments_reclaimed >= 40);
+	assert_int_equal(stats_of(kv).evictions, 0);
+	for (int i = 0; i < NKEYS; i++) {
+		if (!last[i])
+			continue;
+		snprintf(key, sizeof(key), "k%d", i);
+		snprintf(val, sizeof(val), "%d/%d", i, last[i] - 1);
+		assert_ok(kvshm_get(kv, KS(key), got, sizeof(got), &len));
+		assert_string_equal(got, val);
+	}
+	tu_check(kv);
+}
+
 static void test_full_noevict_store_returns_enospc_and_keeps_old_values(void **state)
 {
 	struct tu_fx *fx = tu_fx(state);
@@ -2334,6 +2375,7 @@ int main(void)
 		T(test_sweep_reclaims_expired_items_and_counts_them),
 		T(test_sweep_with_a_limit_reclaims_at_most_that_many),
 		T(test_full_evicting_store_keeps_accepting_writes),
+		T(test_reclaim_of_mostly_garbage_moves_live_items_instead_of_evicting),
 		T(test_full_noevict_store_returns_enospc_and_keeps_old_values),
 		T(test_noevict_store_accepts_writes_again_after_deletes),
 		T(test_value_that_can_never_fit_fails_without_evicting),
