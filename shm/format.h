@@ -9,12 +9,12 @@
  *
  *   offset            size                 what
  *   0                 4096                 struct kv__header (one page)
- *   stats_off         KV_STAT_SHARDS*128   struct kv__stat_shard[]
- *   lanes_off         nlanes*128           struct kv__lane[]
+ *   stats_off         KV_STAT_SHARDS*192   struct kv__stat_shard[]
+ *   lanes_off         KV_MAX_LANES*128     struct kv__lane[] (nlanes used)
  *   cleaner_off       128                  struct kv__cleaner
  *   stripes_off       nstripes*256         struct kv__stripe[]
  *   gens_off          nstripes*8           kv__stripe_gen[] (64-aligned)
- *   segtab_off        nsegs*64             struct kv__segment[]
+ *   segtab_off        nsegs_max*64         struct kv__segment[] (64-aligned)
  *   index_off         nbuckets*64          struct kv__bucket[]
  *   data_off          nsegs*segment_bytes  items, in allocation segments
  *
