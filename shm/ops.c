@@ -71,8 +71,13 @@ static int write_new(struct kv__seg *kv, const struct kv__key *k,
 	int64_t now = 0, expires;
 	uint64_t old_size = 0, version;
 	bool found, live;
-	int err = kv__alloc_item(kv, k, v->ptr, v->len, v->kind, may_evict, &a);
+	int err;
 
+	/* The stripe's mutex and the home bucket are the next two cache
+	 * misses: start them now so they overlap the copy into the lane. */
+	__builtin_prefetch(&kv->stripes[k->stripe], 1);
+	__builtin_prefetch(&kv->buckets[k->home], 1);
+	err = kv__alloc_item(kv, k, v->ptr, v->len, v->kind, may_evict, &a);
 	if (err)
 		return err;
 	err = kv__stripe_lock(kv, k->stripe);
