@@ -9,11 +9,16 @@
  * makes the figure an upper bound.
  *
  *   kvshm-sweep [--items N] [--live N] [--batch N] [--repeat R]
+ *               [--full-arena MIB]
  *
  * Defaults: 1,000,000 expired items and 100,000 live ones (16-byte keys,
  * 32-byte values), batches of 1,000, the best of 3 runs (each on a fresh
  * store). Targets (issue 5): at most 1 s of CPU for 1M items, no lock held
  * over 200 us.
+ *
+ * --full-arena MIB instead fills a store of that size until no allocation
+ * segment is free, one item in 10 live: the sweep then also compacts
+ * segments, and the cleaner's holds show up among the lock holds.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1
@@ -40,6 +45,7 @@
 struct config {
 	size_t items, live, batch;
 	unsigned repeat;
+	size_t full_arena_mib; /* 0, or the --full-arena scenario */
 };
 
 struct run {
@@ -102,6 +108,42 @@ static double machine_pause_us(double seconds)
 	return gap * 1e6;
 }
 
+/*
+ * --full-arena: a store of that size written until no allocation segment
+ * is free, one item in 10 live and the rest expiring, so that every
+ * segment is mostly garbage and the sweep must compact: the cleaner
+ * drains whole segments, moving their live items. *live gets how many
+ * live items were written.
+ */
+static int fill_full(struct kvshm *kv, size_t *live)
+{
+	const struct kvshm_write expiring = {.mode = KVSHM_SET, .ttl_ms = 1};
+	uint8_t val[VAL_LEN];
+	char key[32];
+	struct kvshm_stats st = {0};
+	int rc = 0;
+
+	memset(val, 'v', sizeof(val));
+	*live = 0;
+	for (size_t i = 0; rc == 0; i++) {
+		snprintf(key, sizeof(key), "k:%013zu", i);
+		if (i % 10 == 0) {
+			rc = kvshm_set(kv, key, 15, val, sizeof(val),
+				       KVSHM_TTL_NEVER);
+			*live += rc == 0;
+		} else {
+			rc = kvshm_put(kv, key, 15, val, sizeof(val),
+				       &expiring, NULL);
+		}
+		if (rc == 0 && i % 1024 == 0) {
+			rc = kvshm_stats(kv, &st);
+			if (rc == 0 && st.free_segments == 0)
+				break;
+		}
+	}
+	return rc;
+}
+
 /* The janitor's loop: batches until one comes back short. */
 static int sweep_all(struct kvshm *kv, const struct config *cfg, struct run *r)
 {
@@ -136,20 +178,29 @@ static int one_run(const struct config *cfg, struct run *r)
 	struct kvshm *kv;
 	char name[64];
 	struct kvshm_stats st;
+	size_t live;
 	int rc;
 
 	*r = (struct run){0};
 	snprintf(name, sizeof(name), "kvshm-sweep-%d", (int)getpid());
 	o.flags = KVSHM_CREATE | KVSHM_EXCL;
-	o.max_items = (cfg->items + cfg->live) * 5 / 4;
-	/* 64-byte items plus the index, with room to spare: nothing evicts */
-	o.arena_bytes = ((uint64_t)(cfg->items + cfg->live) * 128 / MIB + 16) *
-			MIB;
+	if (cfg->full_arena_mib) {
+		o.arena_bytes = (uint64_t)cfg->full_arena_mib * MIB;
+	} else {
+		o.max_items = (cfg->items + cfg->live) * 5 / 4;
+		/* 64-byte items plus the index, with room to spare: nothing
+		 * evicts */
+		o.arena_bytes = ((uint64_t)(cfg->items + cfg->live) * 128 /
+					 MIB +
+				 16) *
+				MIB;
+	}
 	kvshm_unlink(name);
 	rc = kvshm_open(name, &o, &kv);
 	if (rc)
 		return rc;
-	rc = fill(kv, cfg);
+	live = cfg->live;
+	rc = cfg->full_arena_mib ? fill_full(kv, &live) : fill(kv, cfg);
 	if (rc == 0) {
 		struct timespec ts = {0, 50 * 1000 * 1000};
 		nanosleep(&ts, NULL); /* every expiring item is now expired */
@@ -165,10 +216,10 @@ static int one_run(const struct config *cfg, struct run *r)
 		r->compacted = st.segments_reclaimed - r->compacted;
 		r->relocated = st.items_relocated - r->relocated;
 	}
-	if (rc == 0 && (st.items != cfg->live || st.evictions != 0)) {
+	if (rc == 0 && (st.items != live || st.evictions != 0)) {
 		fprintf(stderr, "kvshm-sweep: %" PRIu64 " items left (want %zu), "
 				"%" PRIu64 " evictions\n",
-			st.items, cfg->live, st.evictions);
+			st.items, live, st.evictions);
 		rc = -EPROTO;
 	}
 	if (rc == 0)
@@ -194,6 +245,9 @@ static bool parse(int argc, char **argv, struct config *cfg)
 			cfg->batch = v;
 		else if (strcmp(argv[i], "--repeat") == 0 && v > 0 && v < 100)
 			cfg->repeat = (unsigned)v;
+		else if (strcmp(argv[i], "--full-arena") == 0 && v >= 8 &&
+			 v <= 65536)
+			cfg->full_arena_mib = v;
 		else
 			return false;
 	}
@@ -224,7 +278,7 @@ int main(int argc, char **argv)
 
 	if (!parse(argc, argv, &cfg)) {
 		fprintf(stderr, "usage: kvshm-sweep [--items N] [--live N] "
-				"[--batch N] [--repeat R]\n");
+				"[--batch N] [--repeat R] [--full-arena MIB]\n");
 		return 2;
 	}
 	for (unsigned i = 0; i < cfg.repeat; i++) {
@@ -251,9 +305,15 @@ int main(int argc, char **argv)
 		over_200us += r.holds.over_200us;
 		holds += r.holds.holds;
 	}
-	printf("\nsweeping %zu expired items (with %zu live ones), batches of "
-	       "%zu, best of %u:\n",
-	       cfg.items, cfg.live, cfg.batch, cfg.repeat);
+	if (cfg.full_arena_mib)
+		printf("\nsweeping a full %zu MiB store (1 item in 10 live, the "
+		       "rest expired: the sweep compacts), batches of %zu, "
+		       "best of %u:\n",
+		       cfg.full_arena_mib, cfg.batch, cfg.repeat);
+	else
+		printf("\nsweeping %zu expired items (with %zu live ones), "
+		       "batches of %zu, best of %u:\n",
+		       cfg.items, cfg.live, cfg.batch, cfg.repeat);
 	printf("  CPU time            %.3f s (%.0f ns per item; target <= 1 s "
 	       "for 1M)\n",
 	       best.cpu_s, best.cpu_s * 1e9 / (double)(best.swept ? best.swept : 1));
