@@ -50,7 +50,7 @@ extern "C" {
 #define KVSHM_VERSION_MINOR 1
 #define KVSHM_VERSION_PATCH 0
 #define KVSHM_VERSION_STRING "0.1.0"
-#define KVSHM_LAYOUT_VERSION 1
+#define KVSHM_LAYOUT_VERSION 2
 
 /* The library's version string and layout version, as compiled into the
  * library (which may differ from the header the caller was built with). */

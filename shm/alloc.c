@@ -25,14 +25,19 @@
  * OPEN for it, or an OPEN segment no lane points at; kv__cleaner_repair()
  * looks for exactly these two and undoes them.
  *
- * RECLAIMING (kv__reclaim) takes the cleaner mutex, then one stripe mutex
- * at a time. The victim is marked DRAINING first; each item in it is looked
- * up by offset in its probe window and, if linked, dropped or moved (one
- * kv__swap_slot each). A crash leaves the victim DRAINING and the
+ * RECLAIMING (kv__reclaim) takes the cleaner's drain mutex for the whole
+ * reclaim, and the cleaner mutex only for its two short steps: picking the
+ * victim (marked DRAINING) and the destination (DEST), then, after the walk,
+ * giving them back (the victim empty, used = 0, then RESERVE or FREE; the
+ * destination PARTIAL or RESERVE). The walk between the two holds only one
+ * stripe mutex at a time: each item of the victim is looked up by offset in
+ * its probe window and, if linked, dropped or moved (one kv__swap_slot
+ * each). Nothing but the drain mutex's holder changes a DRAINING or DEST
+ * segment: lanes take only FREE and PARTIAL ones, and kv__cleaner_repair()
+ * touches only OPEN ones and impossible states, so lanes keep taking
+ * segments while a drain runs. A crash leaves the victim DRAINING and the
  * destination DEST; the next reclaim resumes the same victim, which is safe
- * because every step is "if still linked here, unlink or move it". Only when
- * the walk is done does the victim become empty (used = 0) and then
- * RESERVE or FREE.
+ * because every step is "if still linked here, unlink or move it".
  */
 #include "internal.h"
 
@@ -582,43 +587,81 @@ static int drain(struct kv__seg *kv, struct kv__drain *d)
 }
 
 /*
- * Empty one segment so that lanes have room again (takes the cleaner
- * mutex). Resumes an interrupted reclaim first. need is the size of the
- * item waiting for room. Errors: -ENOSPC nothing can be freed (no victim,
- * or only by evicting when !may_evict), lock errors.
+ * kv__lock()'s repair for the drain mutex: nothing. A reclaim that died
+ * left its victim DRAINING and its destination DEST, consistent states that
+ * the next reclaim resumes; the walk's own changes were made under stripe
+ * mutexes, whose repairs cover them.
  */
-int kv__reclaim(struct kv__seg *kv, bool may_evict, uint64_t need)
+int kv__drain_repair(struct kv__seg *kv, void *what)
 {
-	struct kv__drain d = {.may_evict = may_evict,
-			      .move_budget = kv->segment_bytes / 2};
+	(void)kv;
+	(void)what;
+	return 0;
+}
+
+/* Pick the victim (or resume the DRAINING one) and the destination (drain
+ * mutex held; takes the cleaner mutex). */
+static int drain_begin(struct kv__seg *kv, struct kv__drain *d, uint64_t need)
+{
 	int err = kv__lock(kv, &kv->cleaner->mutex, kv__cleaner_repair,
 			   kv->cleaner);
 
 	if (err)
 		return err;
-	d.victim = seg_find(kv, KV_SEG_DRAINING);
-	if (d.victim == KV_NO_SEG) {
-		d.victim = pick_victim(kv, may_evict, need);
-		if (d.victim == KV_NO_SEG) {
+	d->victim = seg_find(kv, KV_SEG_DRAINING);
+	if (d->victim == KV_NO_SEG) {
+		d->victim = pick_victim(kv, d->may_evict, need);
+		if (d->victim == KV_NO_SEG) {
 			err = -ENOSPC;
 			goto unlock;
 		}
-		seg_set_state(kv, d.victim, KV_SEG_DRAINING);
+		seg_set_state(kv, d->victim, KV_SEG_DRAINING);
 	}
 	/* A victim that is at least half garbage (values overwritten or
 	 * deleted) frees half a segment or more without evicting anything:
 	 * move every live item, read or not. Only a store that is mostly
 	 * live data evicts, and then only items not read since written. */
-	d.move_all = seg_live(kv, d.victim, kv__now_ms()) <=
-		     kv->segment_bytes / 2;
-	d.dest = dest_get(kv);
+	d->move_all = seg_live(kv, d->victim, kv__now_ms()) <=
+		      kv->segment_bytes / 2;
+	d->dest = dest_get(kv);
+unlock:
+	kv__unlock(&kv->cleaner->mutex);
+	return err;
+}
+
+/*
+ * Empty one segment so that lanes have room again (takes the drain mutex,
+ * and the cleaner mutex before and after the walk). Resumes an interrupted
+ * reclaim first. need is the size of the item waiting for room. Errors:
+ * -ENOSPC nothing can be freed (no victim, or only by evicting when
+ * !may_evict), lock errors.
+ */
+int kv__reclaim(struct kv__seg *kv, bool may_evict, uint64_t need)
+{
+	struct kv__drain d = {.may_evict = may_evict,
+			      .move_budget = kv->segment_bytes / 2};
+	int err = kv__lock(kv, &kv->cleaner->drain, kv__drain_repair, NULL);
+
+	if (err)
+		return err;
+	err = drain_begin(kv, &d, need);
+	if (err)
+		goto unlock_drain;
 	err = drain(kv, &d);
+	if (err && err != -ENOSPC)
+		goto unlock_drain; /* stays DRAINING; resumed next time */
+	{
+		int lerr = kv__lock(kv, &kv->cleaner->mutex,
+				    kv__cleaner_repair, kv->cleaner);
+		if (lerr) {
+			err = lerr; /* stays DRAINING; resumed next time */
+			goto unlock_drain;
+		}
+	}
 	if (err == -ENOSPC) { /* may not evict: give the victim back */
 		seg_set_state(kv, d.victim, KV_SEG_SEALED);
 		goto unlock;
 	}
-	if (err)
-		goto unlock; /* stays DRAINING; resumed next time */
 
 	if (d.dest != KV_NO_SEG &&
 	    atomic_load_explicit(&seg_at(kv, d.dest)->used,
@@ -635,6 +678,8 @@ int kv__reclaim(struct kv__seg *kv, bool may_evict, uint64_t need)
 	kv__stat_inc(kv, KV_ST_SEGS_RECLAIMED);
 unlock:
 	kv__unlock(&kv->cleaner->mutex);
+unlock_drain:
+	kv__unlock(&kv->cleaner->drain);
 	return err;
 }
 

@@ -249,6 +249,15 @@ int kv__check(struct kv__seg *kv, char *report, size_t report_len)
 			return err;
 		check_segments(kv, &r);
 		kv__unlock(&kv->cleaner->mutex);
+		/* take over the drain mutex if a dead reclaim left it, without
+		 * waiting for a live one (its victim is resumed by the next
+		 * reclaim either way) */
+		err = kv__trylock(kv, &kv->cleaner->drain, kv__drain_repair,
+				  NULL);
+		if (err == 0)
+			kv__unlock(&kv->cleaner->drain);
+		else if (err != -EBUSY)
+			return err;
 	} else {
 		check_segments(kv, &r);
 	}

@@ -86,10 +86,13 @@
  *   else is written.
  *
  * LOCKS AND ORDER. Robust, process-shared pthread mutexes: one per stripe,
- * one per lane, one for the cleaner. A thread holds at most two, in this
- * order: lane -> stripe (a write that allocates), lane -> cleaner (a lane
- * taking a new segment), cleaner -> stripe (reclaiming). Stripes are never
- * nested, and lane and cleaner are never both held while taking a stripe.
+ * one per lane, and the cleaner's two (mutex, drain). A thread holds at
+ * most two, in this order: lane -> stripe (a write that allocates), lane ->
+ * cleaner (a lane taking a new segment), drain -> cleaner (a reclaim
+ * picking or releasing its victim), drain -> stripe (a reclaim walking its
+ * victim). Stripes are never nested, nothing else is held while taking the
+ * drain mutex, and lane and cleaner are never both held while taking a
+ * stripe.
  * Waits are timed (100 ms slices, 5 s in all) so a lost wake-up cannot hang
  * anybody.
  *
@@ -108,7 +111,8 @@
  *     linked is garbage the cleaner skips.
  *   cleaner: segment states change one store at a time in an order whose
  *     half-done states the repair recognises and undoes (alloc.c); an
- *     interrupted reclaim is resumed by the next one, item by item.
+ *     interrupted reclaim (its drain mutex found dead) leaves a DRAINING
+ *     victim that the next reclaim resumes, item by item.
  *   hints (live_hint, max_expiry, statistics) are atomic adds made after the
  *     fact; a crash can leave them slightly off, and nothing depends on
  *     them for correctness.
@@ -128,7 +132,7 @@
 #include <stdint.h>
 
 #define KV_MAGIC UINT64_C(0x314d48535643564b) /* "KVCSHM1" little-endian */
-#define KV_LAYOUT 1u /* = KVSHM_LAYOUT_VERSION */
+#define KV_LAYOUT 2u /* = KVSHM_LAYOUT_VERSION; 2: the cleaner's drain mutex */
 #define KV_CACHELINE 64u
 #define KV_HEADER_BYTES 4096u
 
@@ -280,11 +284,15 @@ struct kv__lane {
 };
 #define KV_NO_SEG UINT32_MAX
 
-/* The cleaner: serialises segment state changes and reclaiming. */
+/* The cleaner. `mutex` serialises segment state changes and is held only
+ * for short steps; `drain` serialises reclaims and is held while one walks
+ * its victim, which takes milliseconds, so lanes taking a new segment never
+ * wait for a drain (see alloc.c). */
 struct kv__cleaner {
 	alignas(KV_CACHELINE) pthread_mutex_t mutex;
 	uint32_t hand;            /* next segment to consider (under mutex) */
 	uint32_t pad;
+	alignas(KV_CACHELINE) pthread_mutex_t drain;
 };
 
 /* The record of a stripe's change in progress; see RECOVERY above. All

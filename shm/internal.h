@@ -327,6 +327,7 @@ void kv__alloc_done(struct kv__seg *kv, const struct kv__alloc *a);
 int kv__lane_repair(struct kv__seg *kv, void *what);
 int kv__reclaim(struct kv__seg *kv, bool may_evict, uint64_t need);
 int kv__cleaner_repair(struct kv__seg *kv, void *what);
+int kv__drain_repair(struct kv__seg *kv, void *what);
 void kv__live_add(struct kv__seg *kv, uint64_t off, int64_t bytes);
 void kv__note_expiry(struct kv__seg *kv, uint64_t off, int64_t expires_at);
 uint32_t kv__roomy_segments(struct kv__seg *kv);

@@ -61,6 +61,7 @@ struct kv__hold_stats kv__test_holds;
 static _Thread_local struct {
 	pthread_mutex_t *m;
 	uint64_t since;
+	bool drain;
 } held[4];
 
 void kv__test_hold_reset(void)
@@ -69,7 +70,7 @@ void kv__test_hold_reset(void)
 	memset(held, 0, sizeof(held));
 }
 
-static void hold_begin(pthread_mutex_t *m)
+static void hold_begin(pthread_mutex_t *m, kv__repair_fn repair)
 {
 	if (!kv__test_time_holds)
 		return;
@@ -77,6 +78,7 @@ static void hold_begin(pthread_mutex_t *m)
 		if (!held[i].m) {
 			held[i].m = m;
 			held[i].since = kv__mono_ns();
+			held[i].drain = repair == kv__drain_repair;
 			return;
 		}
 }
@@ -89,6 +91,12 @@ static void hold_end(pthread_mutex_t *m)
 		uint64_t ns = kv__mono_ns() - held[i].since;
 		unsigned b = 0;
 		held[i].m = NULL;
+		if (held[i].drain) {
+			kv__test_holds.drain_holds++;
+			if (ns > kv__test_holds.drain_max_ns)
+				kv__test_holds.drain_max_ns = ns;
+			return;
+		}
 		while (b + 1 < KV_HOLD_BUCKETS && ns >> b)
 			b++;
 		kv__test_holds.holds++;
@@ -100,7 +108,7 @@ static void hold_end(pthread_mutex_t *m)
 	}
 }
 #else
-#define hold_begin(m) ((void)0)
+#define hold_begin(m, repair) ((void)(repair))
 #define hold_end(m) ((void)0)
 #endif
 
@@ -124,12 +132,12 @@ static int kv__acquired(struct kv__seg *kv, pthread_mutex_t *m, int rc,
 			kv__repair_fn repair, void *what)
 {
 	if (KV_LIKELY(rc == 0)) {
-		hold_begin(m);
+		hold_begin(m, repair);
 		return 0;
 	}
 	if (rc == EOWNERDEAD) {
 		int err;
-		hold_begin(m);
+		hold_begin(m, repair);
 		err = repair ? repair(kv, what) : 0;
 		if (err == 0) {
 			KV_CRASHPOINT();

@@ -298,6 +298,7 @@ static void init_regions(uint8_t *base, const struct kv__header *h)
 				      memory_order_relaxed);
 	}
 	kv__mutex_init(&cl->mutex);
+	kv__mutex_init(&cl->drain);
 	for (uint32_t s = 0; s < h->nstripes; s++)
 		kv__mutex_init(&stripes[s].mutex);
 	atomic_store_explicit(&segs[0].state, KV_SEG_RESERVE,

@@ -38,13 +38,17 @@ extern long long kv__test_lock_timeout_ns;
 /* Lock hold timing, for benchmarks (tests/bench/kvshm-sweep.c): while
  * kv__test_time_holds is set, every hold of a shared lock by this process
  * is timed from acquisition (repair included) to release. One thread only:
- * the totals are plain fields. */
+ * the totals are plain fields. The cleaner's drain mutex, which only other
+ * reclaims ever wait for, is counted apart from the locks that readers,
+ * writers and lanes wait for. */
 #define KV_HOLD_BUCKETS 40
 struct kv__hold_stats {
 	uint64_t holds;
 	uint64_t max_ns;
 	uint64_t over_200us;
 	uint64_t log2_ns[KV_HOLD_BUCKETS]; /* [b]: holds in [2^(b-1), 2^b) ns */
+	uint64_t drain_holds;
+	uint64_t drain_max_ns;
 };
 extern bool kv__test_time_holds;
 extern struct kv__hold_stats kv__test_holds;

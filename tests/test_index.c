@@ -210,6 +210,108 @@ static void test_sweep_compacts_garbage_when_no_segment_is_free(void **state)
 	tu_check(kv);
 }
 
+/* Fill a 4 MiB store until no segment is free: of every 10 writes, 9
+ * overwrite one of 200 keys (garbage) and one writes a new key that stays,
+ * so every segment is mostly garbage with some live items a compaction must
+ * move. Returns the number of writes; write j is described by
+ * garbage_key(). */
+static void garbage_key(long j, char *key, size_t klen, char *val,
+			size_t vlen)
+{
+	if (j % 10 == 0)
+		snprintf(key, klen, "p%ld", j);
+	else
+		snprintf(key, klen, "k%ld", j % 200);
+	memset(val, 0, vlen);
+	snprintf(val, vlen, "%ld", j);
+}
+
+static long fill_with_garbage(struct kvshm *kv)
+{
+	struct kvshm_stats st;
+	char key[32], val[600];
+	long j = 0;
+
+	do {
+		for (long end = j + 100; j < end; j++) {
+			garbage_key(j, key, sizeof(key), val, sizeof(val));
+			assert_ok(kvshm_set(kv, KS(key), val, sizeof(val), 0));
+		}
+		assert_ok(kvshm_stats(kv, &st));
+	} while (st.free_segments > 0 && j < 1000000);
+	assert_int_equal(st.free_segments, 0);
+	assert_int_equal(st.evictions, 0);
+	return j;
+}
+
+static void sweep_then_die(void *p)
+{
+	kvshm__test_crash_after(10); /* a few items into the walk */
+	(void)kvshm_sweep(p, 0, NULL);
+	_exit(3); /* the walk was shorter than 10 crash points */
+}
+
+static unsigned segments_in_state(const struct kv__seg *seg, uint32_t st)
+{
+	unsigned n = 0;
+
+	for (uint32_t s = 0; s < seg->nsegs; s++)
+		n += atomic_load(&seg->segs[s].state) == st;
+	return n;
+}
+
+/* A reclaim walks its victim holding only the drain mutex and one stripe
+ * mutex at a time: the cleaner mutex, which lanes need to take a new
+ * segment, is free meanwhile. So a reclaim killed in the middle of its walk
+ * leaves the cleaner mutex free (not owner-dead), and the next reclaim
+ * takes over the dead drain mutex and finishes the same victim. */
+static void test_a_reclaim_killed_mid_walk_leaves_the_cleaner_mutex_free(
+	void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, 4 * TU_MIB);
+	struct kvshm *kv = tu_create(fx, &o, NULL);
+	struct kv__seg *seg = kv__cur(kv);
+	struct kvshm_stats st, st2;
+	char key[32], val[600], got[600];
+	size_t len;
+	long writes = fill_with_garbage(kv);
+	int status, rc;
+
+	assert_ok(kvshm_stats(kv, &st));
+	status = tu_wait(fx, tu_spawn(fx, sweep_then_die, kv));
+	if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL)
+		fail_msg("the sweeping child was not killed mid-walk (status %#x)",
+			 status);
+	assert_int_equal(segments_in_state(seg, KV_SEG_DRAINING), 1);
+
+	rc = pthread_mutex_trylock(&seg->cleaner->mutex);
+	assert_int_equal(rc, 0); /* EOWNERDEAD if the walk held it */
+	pthread_mutex_unlock(&seg->cleaner->mutex);
+
+	assert_ok(kvshm_sweep(kv, 0, NULL)); /* resumes the victim */
+	assert_ok(kvshm_stats(kv, &st2));
+	assert_int_equal(segments_in_state(seg, KV_SEG_DRAINING), 0);
+	assert_true(st2.segments_reclaimed > st.segments_reclaimed);
+	assert_true(st2.items_relocated > st.items_relocated);
+	assert_true(st2.lock_recoveries > st.lock_recoveries);
+	assert_int_equal(st2.evictions, 0);
+	for (long j = 0; j < writes; j += 10) { /* the keys that stay */
+		garbage_key(j, key, sizeof(key), val, sizeof(val));
+		assert_ok(kvshm_get(kv, KS(key), got, sizeof(got), &len));
+		assert_memory_equal(got, val, sizeof(val));
+	}
+	for (long i = 1; i < 200; i++) { /* the last write of each k key */
+		long j = writes - 1 - (writes - 1 - i) % 200;
+		if (i % 10 == 0)
+			continue; /* such writes are p keys */
+		garbage_key(j, key, sizeof(key), val, sizeof(val));
+		assert_ok(kvshm_get(kv, KS(key), got, sizeof(got), &len));
+		assert_memory_equal(got, val, sizeof(val));
+	}
+	tu_check(kv);
+}
+
 /* ---- hash flooding --------------------------------------------------- */
 
 #define FLOOD_KEYS 3000
@@ -429,6 +531,7 @@ int main(void)
 		T(test_lock_free_incr_refuses_memory_of_another_item),
 		T(test_incr_past_the_write_count_carries_the_value_over),
 		T(test_sweep_compacts_garbage_when_no_segment_is_free),
+		T(test_a_reclaim_killed_mid_walk_leaves_the_cleaner_mutex_free),
 		T(test_keys_crafted_to_collide_unseeded_spread_under_the_seed),
 		T(test_repair_killed_anywhere_never_hides_a_displaced_key),
 	};

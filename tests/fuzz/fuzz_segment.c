@@ -193,8 +193,12 @@ static bool in_mutex_private(uint64_t off)
 
 	if (off >= geo.lanes_off && off < geo.lanes_off + KV_MAX_LANES * lane)
 		base = geo.lanes_off + (off - geo.lanes_off) / lane * lane;
-	else if (off >= geo.cleaner_off && off < geo.cleaner_off + 128)
+	else if (off >= geo.cleaner_off &&
+		 off < geo.cleaner_off + offsetof(struct kv__cleaner, drain))
 		base = geo.cleaner_off;
+	else if (off >= geo.cleaner_off + offsetof(struct kv__cleaner, drain) &&
+		 off < geo.cleaner_off + sizeof(struct kv__cleaner))
+		base = geo.cleaner_off + offsetof(struct kv__cleaner, drain);
 	else if (off >= geo.stripes_off &&
 		 off < geo.stripes_off + (uint64_t)geo.nstripes * stripe)
 		base = geo.stripes_off +
