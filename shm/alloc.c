@@ -599,8 +599,25 @@ int kv__drain_repair(struct kv__seg *kv, void *what)
 	return 0;
 }
 
+/* Is there a segment a lane could take for an item of need bytes (cleaner
+ * mutex held)? */
+static bool room_for(struct kv__seg *kv, uint64_t need)
+{
+	for (uint32_t s = 0; s < kv->nsegs; s++) {
+		uint32_t st = seg_state(kv, s);
+		uint64_t used = atomic_load_explicit(&seg_at(kv, s)->used,
+						     memory_order_relaxed);
+		if ((st == KV_SEG_FREE || st == KV_SEG_PARTIAL) &&
+		    used % KV_ITEM_ALIGN == 0 && used <= kv->segment_bytes - need)
+			return true; /* what lane_refill() would take */
+	}
+	return false;
+}
+
 /* Pick the victim (or resume the DRAINING one) and the destination (drain
- * mutex held; takes the cleaner mutex). */
+ * mutex held; takes the cleaner mutex). d->victim stays KV_NO_SEG when
+ * there is room after all: a reclaim that waited for another one to finish
+ * must not empty a second segment (and evict) for nothing. */
 static int drain_begin(struct kv__seg *kv, struct kv__drain *d, uint64_t need)
 {
 	int err = kv__lock(kv, &kv->cleaner->mutex, kv__cleaner_repair,
@@ -609,6 +626,8 @@ static int drain_begin(struct kv__seg *kv, struct kv__drain *d, uint64_t need)
 	if (err)
 		return err;
 	d->victim = seg_find(kv, KV_SEG_DRAINING);
+	if (d->victim == KV_NO_SEG && room_for(kv, need))
+		goto unlock;
 	if (d->victim == KV_NO_SEG) {
 		d->victim = pick_victim(kv, d->may_evict, need);
 		if (d->victim == KV_NO_SEG) {
@@ -645,7 +664,7 @@ int kv__reclaim(struct kv__seg *kv, bool may_evict, uint64_t need)
 	if (err)
 		return err;
 	err = drain_begin(kv, &d, need);
-	if (err)
+	if (err || d.victim == KV_NO_SEG)
 		goto unlock_drain;
 	err = drain(kv, &d);
 	if (err && err != -ENOSPC)
