@@ -164,6 +164,18 @@ static uint32_t lane_seg(struct kv__seg *kv, uint32_t lane)
 	return s;
 }
 
+/* Could a lane take segment s for an item of size bytes? FREE or PARTIAL,
+ * with an aligned cursor and room (cleaner mutex held). */
+static bool seg_takes(struct kv__seg *kv, uint32_t s, uint64_t size)
+{
+	uint32_t st = seg_state(kv, s);
+	uint64_t used = atomic_load_explicit(&seg_at(kv, s)->used,
+					     memory_order_relaxed);
+
+	return (st == KV_SEG_FREE || st == KV_SEG_PARTIAL) &&
+	       used % KV_ITEM_ALIGN == 0 && used <= kv->segment_bytes - size;
+}
+
 /* Seal the lane's segment and give it one with room for size bytes (lane
  * mutex held; takes the cleaner mutex). -ENOSPC: none is free. */
 static int lane_refill(struct kv__seg *kv, uint32_t lane, uint64_t size)
@@ -186,11 +198,7 @@ static int lane_refill(struct kv__seg *kv, uint32_t lane, uint64_t size)
 
 	for (uint32_t i = 0; i < kv->nsegs && pick == KV_NO_SEG; i++) {
 		uint32_t s = (kv->cleaner->hand + i) % kv->nsegs;
-		uint32_t st = seg_state(kv, s);
-		uint64_t used = atomic_load_explicit(&seg_at(kv, s)->used,
-						     memory_order_relaxed);
-		if ((st == KV_SEG_FREE || st == KV_SEG_PARTIAL) &&
-		    used % KV_ITEM_ALIGN == 0 && used <= kv->segment_bytes - size)
+		if (seg_takes(kv, s, size))
 			pick = s;
 	}
 	if (pick == KV_NO_SEG) {
@@ -599,18 +607,13 @@ int kv__drain_repair(struct kv__seg *kv, void *what)
 	return 0;
 }
 
-/* Is there a segment a lane could take for an item of need bytes (cleaner
+/* Is there a segment lane_refill() would take for need bytes (cleaner
  * mutex held)? */
 static bool room_for(struct kv__seg *kv, uint64_t need)
 {
-	for (uint32_t s = 0; s < kv->nsegs; s++) {
-		uint32_t st = seg_state(kv, s);
-		uint64_t used = atomic_load_explicit(&seg_at(kv, s)->used,
-						     memory_order_relaxed);
-		if ((st == KV_SEG_FREE || st == KV_SEG_PARTIAL) &&
-		    used % KV_ITEM_ALIGN == 0 && used <= kv->segment_bytes - need)
-			return true; /* what lane_refill() would take */
-	}
+	for (uint32_t s = 0; s < kv->nsegs; s++)
+		if (seg_takes(kv, s, need))
+			return true;
 	return false;
 }
 
@@ -660,6 +663,7 @@ int kv__reclaim(struct kv__seg *kv, bool may_evict, uint64_t need)
 	struct kv__drain d = {.may_evict = may_evict,
 			      .move_budget = kv->segment_bytes / 2};
 	int err = kv__lock(kv, &kv->cleaner->drain, kv__drain_repair, NULL);
+	int lock_err;
 
 	if (err)
 		return err;
@@ -669,13 +673,11 @@ int kv__reclaim(struct kv__seg *kv, bool may_evict, uint64_t need)
 	err = drain(kv, &d);
 	if (err && err != -ENOSPC)
 		goto unlock_drain; /* stays DRAINING; resumed next time */
-	{
-		int lerr = kv__lock(kv, &kv->cleaner->mutex,
-				    kv__cleaner_repair, kv->cleaner);
-		if (lerr) {
-			err = lerr; /* stays DRAINING; resumed next time */
-			goto unlock_drain;
-		}
+	lock_err = kv__lock(kv, &kv->cleaner->mutex, kv__cleaner_repair,
+			    kv->cleaner);
+	if (lock_err) {
+		err = lock_err; /* stays DRAINING; resumed next time */
+		goto unlock_drain;
 	}
 	if (err == -ENOSPC) { /* may not evict: give the victim back */
 		seg_set_state(kv, d.victim, KV_SEG_SEALED);

@@ -210,11 +210,8 @@ static void test_sweep_compacts_garbage_when_no_segment_is_free(void **state)
 	tu_check(kv);
 }
 
-/* Fill a 4 MiB store until no segment is free: of every 10 writes, 9
- * overwrite one of 200 keys (garbage) and one writes a new key that stays,
- * so every segment is mostly garbage with some live items a compaction must
- * move. Returns the number of writes; write j is described by
- * garbage_key(). */
+/* Write j of fill_with_garbage(): one in 10 a new key that stays ("p<j>"),
+ * the others an overwrite of one of 200 keys ("k<j % 200>"); value "<j>". */
 static void garbage_key(long j, char *key, size_t klen, char *val,
 			size_t vlen)
 {
@@ -226,6 +223,9 @@ static void garbage_key(long j, char *key, size_t klen, char *val,
 	snprintf(val, vlen, "%ld", j);
 }
 
+/* Fill a 4 MiB store until no segment is free, so that every segment is
+ * mostly garbage with some live items a compaction must move. Returns the
+ * number of writes. */
 static long fill_with_garbage(struct kvshm *kv)
 {
 	struct kvshm_stats st;
