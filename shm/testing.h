@@ -23,6 +23,13 @@ void kvshm__test_crash_after(long n);
  * kvshm__test_crash_after(). */
 long kvshm__test_crashpoints(void);
 
+/* Call fn(n, ctx) at every crash point this process passes (n as counted
+ * by kvshm__test_crashpoints(); a point armed to crash kills first); NULL
+ * removes it. The interleaving campaign uses it to let a second actor run
+ * one operation while the first is stopped at point n. Calls the hook makes
+ * into the library pass crash points without calling it again. */
+void kvshm__test_hook(void (*fn)(long point, void *ctx), void *ctx);
+
 /* Fault injection: make the n-th following call fail (n >= 1; 0 = off). */
 extern long kv__test_fail_ftruncate, kv__test_fail_mmap,
 	kv__test_fail_getrandom;
