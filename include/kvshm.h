@@ -193,8 +193,9 @@ KVSHM_API void kvshm_close(struct kvshm *kv);
  * open keep working throughout and move to the new segment by themselves on
  * their next operation; no acknowledged write is lost (a write that meets a
  * part already copied waits, at most until the copy ends, and goes to the
- * new segment). Versions are not carried over: a CAS across a resize gets
- * -ESTALE. If the resizing process dies, the store goes back to the old
+ * new segment). Versions are not carried over, but they stay unique: no
+ * version is ever handed out again after a resize (or a clear), so a CAS
+ * across a resize gets -ESTALE. If the resizing process dies, the store goes back to the old
  * segment (or on to the new one, if it was already in place) by itself.
  * Errors: -EINVAL; -ENOENT no such store; -EBUSY another resize is running;
  * -ENOSPC the live items do not fit the new size (nothing changes); the

@@ -19,7 +19,8 @@
  *   4. rename() the new segment over NAME: new opens find it.
  *   5. life = RETIRED (release): every handle switches on its next
  *      operation, and the waiting writers run again on the new segment.
- * Versions (cas) are not carried over: a CAS across a resize gets -ESTALE.
+ * Versions (cas) are not carried over, but they stay unique (see VERSIONS
+ * STAY UNIQUE below): a CAS across a resize gets -ESTALE.
  *
  * LOCKS. The resizer holds an old stripe lock while it writes into the new
  * segment (lane and stripe locks there): three locks, but the new segment
@@ -40,18 +41,43 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/*
+ * VERSIONS STAY UNIQUE. A creation id is (stripe vseq, stripe index), and
+ * the new segment's stripes would start their vseq at 0 again, so a copy
+ * could be handed a version that a client read before the resize, and that
+ * client's CAS would succeed on a value it never saw. So no version the new
+ * segment makes may have a vseq at or below one the old segment used:
+ *   - before a key is copied, its new stripe's vseq is raised to `floor`,
+ *     the largest vseq of the old stripes copied so far, its own included
+ *     (that old stripe is locked and then MOVED: it makes no more);
+ *   - before the rename, every new stripe is raised to the floor of all old
+ *     stripes, for keys made later (one deleted before the resize, say).
+ * The new segment is invisible to other processes until the rename, and
+ * only this thread writes it, so these plain stores need no stripe lock.
+ * A chain of resizes carries the floor forward. kvshm_clear() does not
+ * touch vseq, so it never repeats one either.
+ */
+static void raise_vseq(struct kv__seg *neu, uint32_t stripe, uint64_t floor)
+{
+	if (neu->stripes[stripe].vseq < floor)
+		neu->stripes[stripe].vseq = floor;
+}
+
 /* Copy one live item of the old segment (stripe lock held). */
 static int copy_item(struct kv__seg *old, struct kv__seg *neu,
-		     struct kv__hit *hit)
+		     struct kv__hit *hit, uint64_t floor)
 {
 	const struct kv__item *it = kv__item_at(old, hit->off);
 	const uint8_t *key = (const uint8_t *)it + KV_ITEM_HDR;
+	struct kv__key nk;
 	struct kvshm_write w = {.opts = KVSHM_NOEVICT_WRITE,
 				.flags = hit->uflags,
 				.expires_at_ms = hit->expires_at,
 				.ttl_ms = KVSHM_TTL_NEVER};
 	int err;
 
+	kv__key_init(neu, &nk, key, it->klen);
+	raise_vseq(neu, nk.stripe, floor);
 	if (hit->kind == KV_KIND_COUNTER) {
 		err = kv__freeze(old, hit, false, 0); /* hit gets the value */
 		if (err)
@@ -64,7 +90,7 @@ static int copy_item(struct kv__seg *old, struct kv__seg *neu,
 }
 
 static int copy_stripe(struct kv__seg *old, struct kv__seg *neu,
-		       uint32_t stripe)
+		       uint32_t stripe, uint64_t *floor)
 {
 	uint64_t first = (uint64_t)stripe * old->stripe_buckets;
 	int64_t now = kv__now_ms();
@@ -72,6 +98,8 @@ static int copy_stripe(struct kv__seg *old, struct kv__seg *neu,
 
 	if (err)
 		return err == KV_EMOVED ? -EIO : err;
+	if (old->stripes[stripe].vseq > *floor)
+		*floor = old->stripes[stripe].vseq;
 	for (uint64_t b = first; b < first + old->stripe_buckets; b++) {
 		for (unsigned s = 0; s < KV_BUCKET_SLOTS; s++) {
 			uint64_t w = atomic_load_explicit(
@@ -83,7 +111,7 @@ static int copy_stripe(struct kv__seg *old, struct kv__seg *neu,
 			kv__hit_fill(old, &hit, b, s, w);
 			if (kv__is_expired(hit.expires_at, &now))
 				continue;
-			err = copy_item(old, neu, &hit);
+			err = copy_item(old, neu, &hit, *floor);
 			if (err)
 				goto out;
 		}
@@ -204,6 +232,7 @@ static int migrate(struct kv__seg *old, const char *name,
 	char tmp[PATH_MAX], tmp_path[PATH_MAX], path[PATH_MAX];
 	struct kvshm_options o;
 	struct kv__seg *neu;
+	uint64_t floor = 0;
 	int err = new_options(old, req, &o);
 
 	if (err)
@@ -214,7 +243,9 @@ static int migrate(struct kv__seg *old, const char *name,
 	if (err)
 		return err;
 	for (uint32_t s = 0; s < old->nstripes && !err; s++)
-		err = copy_stripe(old, neu, s);
+		err = copy_stripe(old, neu, s, &floor);
+	for (uint32_t s = 0; s < neu->nstripes && !err; s++)
+		raise_vseq(neu, s, floor);
 	if (!err)
 		err = kv__fs_path(tmp, tmp_path, sizeof(tmp_path));
 	if (!err)

@@ -454,6 +454,66 @@ static void test_small_resize_killed_at_every_point_then_during_recovery_loses_n
 		      recoveries);
 }
 
+/* Issue 13 item 2: a CAS version read before a resize must never be handed
+ * out again after it. One stripe (max_items 50), so the old code's new
+ * segment restarted the very sequence that produced v1. */
+static void test_cas_versions_stay_unique_across_resizes_and_clear(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, 4 * TU_MIB);
+	struct kvshm_write cas = {.mode = KVSHM_CAS};
+	const char *name;
+	struct kvshm *kv;
+	struct kvshm_item item;
+	uint64_t v1, seen[64];
+	int nseen = 0;
+	char buf[16];
+
+	o.max_items = 50;
+	kv = tu_create(fx, &o, &name);
+	assert_ok(kvshm_put(kv, KS("k"), "a", 1, NULL, &v1));
+	seen[nseen++] = v1;
+	for (int round = 0; round < 6; round++) {
+		struct kvshm_options to = tu_opts(0, (round % 2 ? 4 : 8) * TU_MIB);
+		uint64_t v;
+		to.max_items = 50;
+		assert_ok(kvshm_put(kv, KS("k"), "b", 1, NULL, &v));
+		seen[nseen++] = v;
+		assert_ok(kvshm_put(kv, KS("k"), "c", 1, NULL, &v));
+		seen[nseen++] = v;
+		/* a key deleted before the resize and made again after it */
+		assert_ok(kvshm_put(kv, KS("gone"), "x", 1, NULL, &v));
+		seen[nseen++] = v;
+		assert_ok(kvshm_delete(kv, KS("gone")));
+		if (round == 3)
+			assert_ok(kvshm_clear(kv));
+		else
+			assert_ok(kvshm_resize(name, &to));
+		assert_ok(kvshm_put(kv, KS("gone"), "y", 1, NULL, &v));
+		seen[nseen++] = v;
+		if (round != 3) {
+			assert_ok(kvshm_get_ex(kv, KS("k"), buf, sizeof(buf),
+					       &item, 0));
+			seen[nseen++] = item.cas;
+		} else {
+			assert_ok(kvshm_put(kv, KS("k"), "c", 1, NULL, &v));
+			seen[nseen++] = v;
+		}
+		/* A's CAS with the version it read first must fail */
+		cas.cas = v1;
+		assert_kv(kvshm_put(kv, KS("k"), "A", 1, &cas, NULL), -ESTALE);
+		assert_kv(kvshm_delete_cas(kv, KS("gone"), seen[3]), -ESTALE);
+	}
+	for (int i = 0; i < nseen; i++)
+		for (int j = i + 1; j < nseen; j++)
+			if (seen[i] == seen[j])
+				fail_msg("version %#llx handed out twice (#%d, #%d)",
+					 (unsigned long long)seen[i], i, j);
+	assert_ok(kvshm_get(kv, KS("k"), buf, sizeof(buf), NULL));
+	assert_memory_equal(buf, "c", 1);
+	tu_check(kv);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -462,6 +522,7 @@ int main(void)
 		T(test_resize_under_writers_loses_no_acknowledged_write),
 		T(test_resizer_killed_anywhere_leaves_a_working_store),
 		T(test_small_resize_killed_at_every_point_then_during_recovery_loses_nothing),
+		T(test_cas_versions_stay_unique_across_resizes_and_clear),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
