@@ -68,7 +68,9 @@
  * id is (stripe's vseq << 16 | stripe index), unique for 2^35 creations per
  * stripe. A lock-free incr adds 1 to the writes field; at 4095 it takes the
  * locked path, which makes a new item with a new creation id. So a version
- * is never handed out twice (until a stripe wraps 2^35 creations).
+ * is never handed out twice (until a stripe wraps 2^35 creations), and
+ * kvshm_resize() starts the new segment's stripes past every vseq of the
+ * old one (resize.c), so not across a resize either.
  *
  * READER ALGORITHM (get, exists, ttl, counter; no lock, no shared store)
  *   1. s0 = bucket.meta (acquire); odd sequence -> retry.
