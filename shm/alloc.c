@@ -456,7 +456,8 @@ static bool find_by_offset(struct kv__seg *kv, uint64_t home, uint64_t off,
 
 /* Copy the linked item at hit into the destination and swap the slot to
  * the copy (stripe lock held). The copy keeps the item's version: moving is
- * not a write. */
+ * not a write. A counter's copy stays frozen until its slot is published
+ * (see kv__swap_slot's carry). */
 static int relocate(struct kv__seg *kv, uint32_t stripe, struct kv__hit *hit,
 		    uint64_t home, uint64_t size, struct kv__drain *d)
 {
@@ -475,7 +476,14 @@ static int relocate(struct kv__seg *kv, uint32_t stripe, struct kv__hit *hit,
 	dst->klen = src->klen;
 	dst->kind = src->kind;
 	dst->pad = 0;
-	atomic_store_explicit(&dst->version, hit->version,
+	/* a counter's copy is written frozen: a thread that saw this counter
+	 * at doff before (it has moved back and forth) must not add to the
+	 * copy before the carry fills it; kv__swap_slot() unfreezes it once
+	 * it is linked */
+	atomic_store_explicit(&dst->version,
+			      hit->version | (src->kind == KV_KIND_COUNTER
+						      ? KV_VER_FROZEN
+						      : 0),
 			      memory_order_relaxed);
 	atomic_store_explicit(&dst->cvalue, hit->cvalue, memory_order_relaxed);
 	dst->uflags = src->uflags;

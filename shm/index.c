@@ -10,7 +10,8 @@
  *   1. if the old item is a counter: freeze it (16-byte CAS), so no
  *      lock-free incr can land on it any more
  *   2. bucket.seq += 1 (odd), release fence
- *   3. slot = new_word (release)
+ *   3. slot = new_word (release); a moved counter's copy, frozen until
+ *      now (relocate, carry), is unfrozen
  *   4. bucket.seq += 1 (even); home bucket's overflow count +-1
  *   5. stripe totals; wseq += 1; intent.state = NONE
  * kill -9 before 0: nothing changed. Between 0 and 3: the slot holds
@@ -18,7 +19,8 @@
  * repair unfreezes it and evens the seq (the write was not acknowledged, so
  * undoing it is allowed). From 3 on: the slot holds new_word (the write is
  * complete as far as readers go); the repair evens the seq and recounts the
- * overflow counts and totals. Either way the repair then recounts the whole
+ * overflow counts and totals, and unfreezes the linked counters, a moved
+ * copy still frozen included. Either way the repair then recounts the whole
  * stripe from its slots, so totals never drift.
  */
 #include "internal.h"
@@ -232,13 +234,19 @@ static KV_RACY_FN bool counter_load(struct kv__item *it, uint64_t *v,
  * -ERANGE, or -EAGAIN when the caller must take the locked path (frozen,
  * write count used up, not the same item any more, or contention).
  *
- * WHY THIS CANNOT LAND ON REUSED MEMORY: the CAS is attempted only while the
- * version there carries the creation id of `seen`. Creation ids are never
- * handed out twice (see VERSIONS in format.h), an item is frozen before it
- * is unlinked or moved, and memory is reused only after its item was
- * unlinked. So if the memory at off now holds another item's header, its
- * creation id differs and we back off; the only way to match is for value
- * bytes to reproduce exactly a version and value this counter had.
+ * WHY THIS LANDS ONLY ON THE COUNTER'S LIVE COPY: the CAS is attempted only
+ * while the version at off is unfrozen and carries the creation id of
+ * `seen`. Creation ids are never handed out twice (VERSIONS in format.h),
+ * even across a resize, so memory that now holds another item's header has
+ * another id (or value bytes would have to reproduce exactly a version this
+ * counter had). The same counter can be at off again, as a copy the cleaner
+ * moved back there, but a copy is written frozen and unfrozen only after
+ * its slot is published (relocate(), kv__swap_slot() step 3); the source is
+ * frozen before that, in step 1, and stays frozen until its memory is
+ * reused. So at any moment at most one copy of a counter is unfrozen, and
+ * it is the linked one (or, between a crash and the repair, an unlinked
+ * one that the repair unfreezes back because the change was undone): an
+ * acknowledged add is never overwritten by a carry.
  */
 int kv__counter_add(struct kv__seg *kv, uint64_t off, uint64_t seen,
 		    int64_t delta, int64_t *result)
@@ -624,9 +632,12 @@ int kv__swap_slot(struct kv__seg *kv, uint32_t stripe, struct kv__hit *at,
 			KV_CRASHPOINT();
 			atomic_store_explicit(&o->carry->cvalue, (uint64_t)sum,
 					      memory_order_relaxed);
+			/* a move's copy keeps the version, and stays
+			 * frozen (as relocate() wrote it) until step 3 */
 			if (o->carry_version)
 				atomic_store_explicit(&o->carry->version,
-						      at->version,
+						      at->version |
+							      KV_VER_FROZEN,
 						      memory_order_relaxed);
 		}
 	}
@@ -639,6 +650,8 @@ int kv__swap_slot(struct kv__seg *kv, uint32_t stripe, struct kv__hit *at,
 	KV_CRASHPOINT();
 	atomic_store_explicit(&bk->slot[at->slot], new_word,
 			      memory_order_release);
+	if (o && o->carry && o->carry_version && at->kind == KV_KIND_COUNTER)
+		kv__unfreeze(kv, (uint64_t)((uint8_t *)o->carry - kv->base));
 	KV_CRASHPOINT();
 	bucket_bump(bk); /* even */
 	if (at->bucket != home && (!old_word) != (!new_word))
