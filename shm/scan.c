@@ -137,7 +137,7 @@ int kv__scan(struct kv__seg *kv, const void *prefix, size_t plen,
 	uint64_t b, total, pos;
 	unsigned from;
 	uint8_t *keys;
-	int64_t now = kv__now_ms();
+	int64_t now = 0;
 	int visited = 0, rc = 0;
 
 	if (!kv || !cursor || !fn || (!prefix && plen))
@@ -163,7 +163,11 @@ int kv__scan(struct kv__seg *kv, const void *prefix, size_t plen,
 		}
 		for (int i = 0; i < n; i++) {
 			struct kvshm_item item;
-			if (e[i].hit.expires_at && e[i].hit.expires_at <= now)
+			/* the clock is read again for each item with a TTL:
+			 * a slow callback must not be handed keys that
+			 * expired while it ran */
+			if (e[i].hit.expires_at &&
+			    e[i].hit.expires_at <= (now = kv__now_ms()))
 				continue;
 			if (plen && (e[i].klen < plen ||
 				     memcmp(e[i].key, prefix, plen) != 0))

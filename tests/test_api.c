@@ -2295,6 +2295,55 @@ static void test_strerror_is_never_null_and_names_codes(void **state)
 	assert_string_not_equal(kvshm_strerror(-ENOSPC), kvshm_strerror(-E2BIG));
 }
 
+/* Issue 13 item 8: a scan whose callback is slow must not hand over keys
+ * that expired while it ran (the old scan read the clock once, at the
+ * start). */
+struct slow_scan {
+	int64_t expired_by; /* every TTL key has expired after this (ms) */
+	int calls, ttl_after, plain;
+};
+
+static int slow_scan_cb(const void *key, size_t klen,
+			const struct kvshm_item *item, void *ctx)
+{
+	struct slow_scan *sc = ctx;
+
+	(void)key;
+	(void)klen;
+	if (sc->calls++ == 0)
+		tu_sleep_ms(300);
+	if (item->ttl_ms < 0)
+		sc->plain++;
+	else if (tu_now_ms() > sc->expired_by)
+		sc->ttl_after++; /* handed over although it expired */
+	return 0;
+}
+
+static void test_scan_never_hands_over_a_key_that_expired_during_it(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct slow_scan sc = {0};
+	uint64_t cursor = 0;
+	char k[32];
+
+	for (int i = 0; i < 100; i++) {
+		snprintf(k, sizeof(k), "short-%03d", i);
+		assert_ok(kvshm_set(fx->kv, KS(k), "v", 1, 100));
+		snprintf(k, sizeof(k), "plain-%03d", i);
+		assert_ok(kvshm_set(fx->kv, KS(k), "v", 1, KVSHM_TTL_NEVER));
+	}
+	/* expiry is set + 100 ms, plus a clock tick of slack */
+	sc.expired_by = tu_now_ms() + 100 + 2;
+	do
+		assert_true(kvshm_scan(fx->kv, NULL, 0, &cursor, 0,
+				       slow_scan_cb, &sc) >= 0);
+	while (cursor);
+	assert_int_equal(sc.plain, 100); /* the cursor still saw them all */
+	if (sc.ttl_after)
+		fail_msg("%d keys handed over after their TTL ran out",
+			 sc.ttl_after);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, tu_setup_store, tu_teardown)
 
 int main(void)
@@ -2383,6 +2432,7 @@ int main(void)
 		T(test_stats_count_gets_hits_misses_sets_deletes_incrs),
 		T(test_check_of_consistent_store_returns_0_with_a_summary),
 		T(test_strerror_is_never_null_and_names_codes),
+		T(test_scan_never_hands_over_a_key_that_expired_during_it),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
