@@ -690,8 +690,8 @@ int kv__place(struct kv__seg *kv, const struct kv__key *k, bool may_evict,
 	      struct kv__hit *where)
 {
 	int64_t now = 0;
-	struct kv__hit victim = {0}, cand;
-	bool have_victim = false;
+	struct kv__hit victim = {0}, first = {0}, cand;
+	bool have_victim = false, have_first = false;
 
 	/* pass 0: a free slot; pass 1: an expired item, else the victim */
 	for (unsigned pass = 0; pass < 2; pass++) {
@@ -706,9 +706,19 @@ int kv__place(struct kv__seg *kv, const struct kv__key *k, bool may_evict,
 								  .slot = s};
 					return 0;
 				}
+				uint64_t home, size;
 				if (pass == 0 || w == 0)
 					continue;
+				/* a damaged slot is never followed (nor
+				 * evicted: kvshm_check and the stripe repair
+				 * clear it) */
+				if (!kv__slot_sane(kv, b, w, &home, &size))
+					continue;
 				kv__hit_fill(kv, &cand, b, s, w);
+				if (!have_first) {
+					first = cand;
+					have_first = true;
+				}
 				if (kv__is_expired(cand.expires_at, &now)) {
 					kv__drop(kv, k->stripe, &cand,
 						 KV_ST_EXPIRED);
@@ -733,10 +743,9 @@ int kv__place(struct kv__seg *kv, const struct kv__key *k, bool may_evict,
 	if (!may_evict)
 		return -ENOSPC;
 	if (!have_victim) { /* all were visited: the hand wraps to the first */
-		uint64_t b = kv__probe(kv, k->home, 0);
-		kv__hit_fill(kv, &victim, b, 0,
-			     atomic_load_explicit(&bucket_at(kv, b)->slot[0],
-						  memory_order_relaxed));
+		if (!have_first)
+			return -ENOSPC; /* every slot of the window is damaged */
+		victim = first;
 	}
 	*where = (struct kv__hit){.bucket = victim.bucket, .slot = victim.slot};
 	kv__drop(kv, k->stripe, &victim, KV_ST_EVICTIONS);

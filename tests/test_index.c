@@ -522,9 +522,63 @@ static void test_repair_killed_anywhere_never_hides_a_displaced_key(
 	tu_check(r.kv);
 }
 
+/* Issue 13 item 6: a probe window full of slots whose offsets lie outside
+ * the store. get answered -ENOENT, but set followed each slot to fill in
+ * an eviction candidate and died of SIGSEGV. Now damaged slots are never
+ * followed: the set fails cleanly (the window has no usable slot) or
+ * succeeds, in a child so a crash is reported, not suffered. */
+static void test_set_into_a_window_of_damaged_slots_fails_cleanly(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, 4 * TU_MIB);
+	const char *name;
+	struct kvshm *kv = tu_create(fx, &o, &name);
+	struct kv__seg *seg = kv__cur(kv);
+	struct kv__key k;
+	char buf[8];
+	int status;
+	pid_t pid;
+
+	kv__key_init(seg, &k, KS("victim"));
+	for (unsigned i = 0; i < KV_MAX_PROBE; i++) {
+		uint64_t b = kv__probe(seg, k.home, i);
+		for (unsigned s = 0; s < KV_BUCKET_SLOTS; s++)
+			atomic_store(&seg->buckets[b].slot[s],
+				     kv__slot_word(k.hash,
+						   (KV_SLOT_OFF_MASK - s) *
+							   KV_ITEM_ALIGN,
+						   i));
+	}
+	assert_kv(kvshm_get(kv, KS("victim"), buf, sizeof(buf), NULL), -ENOENT);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int rc = kvshm_set(kv, KS("victim"), "v", 1, 0);
+		CHILD_ASSERT(rc == 0 || rc == -ENOSPC);
+		rc = kvshm_incr(kv, KS("victim-counter"), 1, 0, NULL);
+		CHILD_ASSERT(rc == 0 || rc == -ENOSPC);
+		_exit(0);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	if (WIFSIGNALED(status))
+		fail_msg("set into a damaged window: killed by signal %d",
+			 WTERMSIG(status));
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	/* undo the damage, so the teardown's check judges the rest */
+	for (unsigned i = 0; i < KV_MAX_PROBE; i++) {
+		uint64_t b = kv__probe(seg, k.home, i);
+		for (unsigned s = 0; s < KV_BUCKET_SLOTS; s++)
+			if (kv__slot_off(atomic_load(&seg->buckets[b].slot[s])) >
+			    seg->map_bytes)
+				atomic_store(&seg->buckets[b].slot[s], 0);
+	}
+	tu_check(kv);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		T(test_set_into_a_window_of_damaged_slots_fails_cleanly),
 		T(test_slot_word_round_trips_offset_disp_and_tag),
 		T(test_noevict_store_holds_max_items_before_an_index_window_fills),
 		T(test_miss_in_a_bucket_without_overflow_reads_one_bucket),
