@@ -2344,6 +2344,44 @@ static void test_scan_never_hands_over_a_key_that_expired_during_it(void **state
 			 sc.ttl_after);
 }
 
+/* Mutant keepttl-past: KEEPTTL keeps the TTL of a live key only; a key
+ * that already expired is gone, so the write gets its own TTL and is
+ * visible at once. */
+static void test_keepttl_on_an_expired_key_does_not_keep_the_past_expiry(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_write past = {.expires_at_ms = tu_now_ms() - 1000};
+	struct kvshm_write keep = {.opts = KVSHM_KEEPTTL,
+				   .ttl_ms = KVSHM_TTL_NEVER};
+	char buf[8];
+	int64_t ttl;
+
+	assert_ok(kvshm_put(fx->kv, KS("k"), "old", 3, &past, NULL));
+	assert_kv(kvshm_get(fx->kv, KS("k"), buf, sizeof(buf), NULL), -ENOENT);
+	assert_ok(kvshm_put(fx->kv, KS("k"), "new", 3, &keep, NULL));
+	assert_ok(kvshm_get(fx->kv, KS("k"), buf, sizeof(buf), NULL));
+	assert_memory_equal(buf, "new", 3);
+	assert_ok(kvshm_ttl(fx->kv, KS("k"), &ttl));
+	assert_int_equal(ttl, -1);
+}
+
+/* Mutant ttl-overflow-unclamped: a TTL so long that now + ttl does not fit
+ * means never, not an expiry in the past. */
+static void test_ttl_too_long_to_add_means_never(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	char buf[8];
+	int64_t ttl;
+
+	assert_ok(kvshm_set(fx->kv, KS("k"), "v", 1, (uint64_t)INT64_MAX));
+	assert_ok(kvshm_get(fx->kv, KS("k"), buf, sizeof(buf), NULL));
+	assert_ok(kvshm_ttl(fx->kv, KS("k"), &ttl));
+	assert_int_equal(ttl, -1);
+	assert_ok(kvshm_expire(fx->kv, KS("k"), UINT64_MAX - 1));
+	assert_ok(kvshm_ttl(fx->kv, KS("k"), &ttl));
+	assert_int_equal(ttl, -1);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, tu_setup_store, tu_teardown)
 
 int main(void)
@@ -2433,6 +2471,8 @@ int main(void)
 		T(test_check_of_consistent_store_returns_0_with_a_summary),
 		T(test_strerror_is_never_null_and_names_codes),
 		T(test_scan_never_hands_over_a_key_that_expired_during_it),
+		T(test_keepttl_on_an_expired_key_does_not_keep_the_past_expiry),
+		T(test_ttl_too_long_to_add_means_never),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
