@@ -195,8 +195,9 @@ KVSHM_API void kvshm_close(struct kvshm *kv);
  * part already copied waits, at most until the copy ends, and goes to the
  * new segment). Versions are not carried over, but they stay unique: no
  * version is ever handed out again after a resize (or a clear), so a CAS
- * across a resize gets -ESTALE. If the resizing process dies, the store goes back to the old
- * segment (or on to the new one, if it was already in place) by itself.
+ * across a resize gets -ESTALE. If the resizing process dies, the store
+ * goes back to the old segment (or on to the new one, if it was already in
+ * place) by itself.
  * Errors: -EINVAL; -ENOENT no such store; -EBUSY another resize is running;
  * -ENOSPC the live items do not fit the new size (nothing changes); the
  * errors of kvshm_open().

@@ -11,9 +11,11 @@
  * adds by a 16-byte CAS on that offset, which must succeed only while that
  * memory is the counter's live copy. The cleaner moves counters between
  * segments, and with few live items it moves them back to the same offsets.
- * Here every {offset, version} a counter ever had is kept, and at every
- * crash point of every write (the cleaner's copy, its slot swap, the carry)
- * each one is tried with kv__counter_add(). Every add that reports success
+ * Here the cleaner is steered to the counters' segment, so they bounce
+ * between two segments; the {offset, version} pairs each counter had are
+ * kept, and at every crash point passed while the cleaner walks a victim
+ * (its copy, the slot swap, the carry) each stale one is tried with
+ * kv__counter_add(). Every add that reports success
  * is an acknowledged increment; at the end each counter must equal its
  * start plus its acknowledged adds. The old relocate() wrote the copy's
  * real, unfrozen version before the source was frozen, so an add landed
@@ -42,27 +44,30 @@ static void counter_name(char *k, size_t len, int i)
 	snprintf(k, len, "counter-%d", i);
 }
 
-/* Remember counter i's {offset, version} now, if new: one per offset and
- * creation id (kv__counter_add() compares only the id). */
+/* Remember where counter i lives now: one entry per offset and creation
+ * id (kv__counter_add() compares only the id), kept newest last, so the
+ * last entry is always the live copy. The oldest is forgotten when full. */
 static void snapshot(struct stale *st, int i)
 {
 	struct kv__key k;
 	struct kv__hit hit;
 	char name[32];
+	int drop = st->nsnap[i] == MAX_SNAPS ? 0 : -1;
 
 	counter_name(name, sizeof(name), i);
 	kv__key_init(st->kv, &k, name, strlen(name));
 	assert_int_equal(kv__read(st->kv, &k, NULL, 0, &hit), 1);
-	for (int s = st->nsnap[i] - 1; s >= 0; s--)
+	for (int s = 0; s < st->nsnap[i]; s++)
 		if (st->off[i][s] == hit.off &&
 		    st->ver[i][s] >> KV_VER_ID_SHIFT ==
 			    hit.version >> KV_VER_ID_SHIFT)
-			return; /* an add needs only the creation id */
-	if (st->nsnap[i] == MAX_SNAPS) { /* forget the oldest */
-		memmove(st->off[i], st->off[i] + 1,
-			(MAX_SNAPS - 1) * sizeof(st->off[i][0]));
-		memmove(st->ver[i], st->ver[i] + 1,
-			(MAX_SNAPS - 1) * sizeof(st->ver[i][0]));
+			drop = s;
+	if (drop >= 0) {
+		int after = st->nsnap[i] - drop - 1;
+		memmove(&st->off[i][drop], &st->off[i][drop + 1],
+			(size_t)after * sizeof(st->off[i][0]));
+		memmove(&st->ver[i][drop], &st->ver[i][drop + 1],
+			(size_t)after * sizeof(st->ver[i][0]));
 		st->nsnap[i]--;
 	}
 	st->off[i][st->nsnap[i]] = hit.off;
@@ -74,7 +79,6 @@ static void stale_adds(long n, void *ctx)
 {
 	struct stale *st = ctx;
 	int64_t result;
-
 	bool draining = false;
 
 	(void)n;
@@ -88,10 +92,8 @@ static void stale_adds(long n, void *ctx)
 	st->points++;
 	for (int i = 0; i < NCOUNTERS; i++)
 		for (int s = 0; s + 1 < st->nsnap[i]; s++) {
-			/* not the newest: that is where the counter lives,
-			 * and adds there would only use up its writes */
-			if (st->off[i][s] == st->off[i][st->nsnap[i] - 1])
-				continue;
+			/* not the newest (where the counter lives): adds
+			 * there would only use up its write count */
 			st->tries++;
 			if (kv__counter_add(st->kv, st->off[i][s], st->ver[i][s],
 					    1, &result) == 0) {
