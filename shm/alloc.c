@@ -176,9 +176,50 @@ static bool seg_takes(struct kv__seg *kv, uint32_t s, uint64_t size)
 	       used % KV_ITEM_ALIGN == 0 && used <= kv->segment_bytes - size;
 }
 
-/* Seal the lane's segment and give it one with room for size bytes (lane
+/*
+ * NOEVICT HEADROOM. In a log-structured store an overwrite writes the new
+ * copy before the old one becomes garbage, so a NOEVICT store filled to
+ * the last byte by new keys could not overwrite any of them. New keys
+ * (n->insert) therefore leave headroom_bytes() of the lanes' room (FREE and
+ * PARTIAL segments) to overwrites; the garbage those overwrites leave is
+ * what the cleaner compacts to make room again.
+ */
+static uint64_t headroom_bytes(const struct kv__seg *kv)
+{
+	return (1 + (uint64_t)kv->nsegs / 32) * kv->segment_bytes;
+}
+
+/* Room a lane could take for the write n describes: the first segment at
+ * or after the hand that takes n->bytes, or KV_NO_SEG; a new key in a
+ * NOEVICT store must also leave the headroom (cleaner mutex held). */
+static uint32_t room_for(struct kv__seg *kv, const struct kv__need *n)
+{
+	uint32_t pick = KV_NO_SEG;
+	uint64_t room = 0;
+
+	for (uint32_t i = 0; i < kv->nsegs; i++) {
+		uint32_t s = (kv->cleaner->hand + i) % kv->nsegs;
+		uint32_t st = seg_state(kv, s);
+		uint64_t used = atomic_load_explicit(&seg_at(kv, s)->used,
+						     memory_order_relaxed);
+		if (pick == KV_NO_SEG && seg_takes(kv, s, n->bytes)) {
+			pick = s;
+			if (!n->insert || !kv->noevict)
+				return pick;
+		}
+		if ((st == KV_SEG_FREE || st == KV_SEG_PARTIAL) &&
+		    used <= kv->segment_bytes)
+			room += kv->segment_bytes - used;
+	}
+	if (pick != KV_NO_SEG && room < n->bytes + headroom_bytes(kv))
+		return KV_NO_SEG;
+	return pick;
+}
+
+/* Seal the lane's segment and give it one with room for the write n (lane
  * mutex held; takes the cleaner mutex). -ENOSPC: none is free. */
-static int lane_refill(struct kv__seg *kv, uint32_t lane, uint64_t size)
+static int lane_refill(struct kv__seg *kv, uint32_t lane,
+		       const struct kv__need *n)
 {
 	struct kv__lane *ln = &kv->lanes[lane];
 	uint32_t old, pick = KV_NO_SEG;
@@ -196,11 +237,7 @@ static int lane_refill(struct kv__seg *kv, uint32_t lane, uint64_t size)
 	KV_CRASHPOINT();
 	atomic_store_explicit(&ln->seg, KV_NO_SEG, memory_order_release);
 
-	for (uint32_t i = 0; i < kv->nsegs && pick == KV_NO_SEG; i++) {
-		uint32_t s = (kv->cleaner->hand + i) % kv->nsegs;
-		if (seg_takes(kv, s, size))
-			pick = s;
-	}
+	pick = room_for(kv, n);
 	if (pick == KV_NO_SEG) {
 		err = -ENOSPC;
 	} else {
@@ -245,14 +282,19 @@ static void item_write(struct kv__seg *kv, uint64_t off,
 /*
  * Write a new, unlinked item for key k with value val into a lane segment.
  * On success the lane stays locked (a->lane) until kv__alloc_done(), so the
- * caller can link the item first. Reclaims memory when the store is full.
+ * caller can link the item first. Reclaims memory when the store is full
+ * (how: KV_ALLOC_MAY_EVICT, KV_ALLOC_INSERT), never evicting k itself.
  * Errors: -E2BIG (can never fit), -ENOSPC, lock errors.
  */
 int kv__alloc_item(struct kv__seg *kv, const struct kv__key *k, const void *val,
-		   size_t vlen, unsigned kind, bool may_evict,
+		   size_t vlen, unsigned kind, unsigned how,
 		   struct kv__alloc *a)
 {
 	uint64_t size = kv__item_size(k->len, vlen, kind);
+	struct kv__need need = {.bytes = size,
+				.may_evict = how & KV_ALLOC_MAY_EVICT,
+				.insert = how & KV_ALLOC_INSERT,
+				.key = k};
 	bool held = false;
 	uint32_t lane = 0;
 	int err = 0;
@@ -290,14 +332,14 @@ int kv__alloc_item(struct kv__seg *kv, const struct kv__key *k, const void *val,
 				return 0;
 			}
 		}
-		err = lane_refill(kv, lane, size);
+		err = lane_refill(kv, lane, &need);
 		if (err == 0)
 			continue;
 		kv__unlock(&kv->lanes[lane].mutex);
 		held = false;
 		if (err != -ENOSPC)
 			return err;
-		err = kv__reclaim(kv, may_evict, size);
+		err = kv__reclaim(kv, &need);
 		if (err)
 			break;
 	}
@@ -377,51 +419,119 @@ static uint64_t seg_live(struct kv__seg *kv, uint32_t s, int64_t now)
 	return (uint64_t)live > used ? used : (uint64_t)live;
 }
 
-/* The sealed or partial segment with the least live data: garbage first.
- * With !may_evict it must free at least need bytes. */
-static uint32_t pick_victim(struct kv__seg *kv, bool may_evict, uint64_t need)
+/*
+ * THE VICTIM (cleaner mutex held). What emptying a segment gains is its
+ * garbage, the bytes it uses that no linked item holds: a PARTIAL segment's
+ * free tail is room already. An evicting store empties sealed segments in
+ * the order of the drain hand, which makes eviction CLOCK-like: each item
+ * is examined about once per lap, so a read item's second chance lasts
+ * about a lap. A segment elsewhere with clearly more garbage (by more than
+ * 1/KV_GARBAGE_FIRST_DIV of a segment) goes first: it frees room with fewer
+ * moves. A NOEVICT store takes, among the segments whose live items fit in
+ * room (the destination's free bytes, 0 without one) with the waiting
+ * write still fitting after them, the one with the most garbage; none
+ * with garbage, no victim.
+ */
+#define KV_GARBAGE_FIRST_DIV 8u
+static uint32_t pick_victim(struct kv__seg *kv, const struct kv__need *n,
+			    uint64_t room)
 {
 	int64_t now = kv__now_ms();
-	uint32_t best = KV_NO_SEG;
-	uint64_t best_live = UINT64_MAX;
+	uint32_t best = KV_NO_SEG, next = KV_NO_SEG, hand;
+	uint64_t best_gain = 0, next_gain = 0;
 
-	for (uint32_t s = 0; s < kv->nsegs; s++) {
+	hand = kv->cleaner->drain_hand % kv->nsegs; /* shared: bound it */
+	for (uint32_t i = 0; i < kv->nsegs; i++) {
+		uint32_t s = (hand + i) % kv->nsegs;
 		uint32_t st = seg_state(kv, s);
-		uint64_t live;
+		uint64_t live, used, gain;
 		if (st != KV_SEG_SEALED && st != KV_SEG_PARTIAL)
 			continue;
 		live = seg_live(kv, s, now);
-		if (live < best_live) {
+		used = atomic_load_explicit(&seg_at(kv, s)->used,
+					    memory_order_relaxed);
+		gain = used > live ? used - live : 0;
+		if (next == KV_NO_SEG && st == KV_SEG_SEALED) {
+			next = s;
+			next_gain = gain;
+		}
+		if (!n->may_evict && live > 0 &&
+		    (live > room || room - live < n->bytes))
+			continue; /* would not fit with the write */
+		if (best == KV_NO_SEG || gain > best_gain) {
 			best = s;
-			best_live = live;
+			best_gain = gain;
 		}
 	}
-	if (best != KV_NO_SEG && !may_evict &&
-	    best_live > kv->segment_bytes - need)
+	if (best == KV_NO_SEG)
 		return KV_NO_SEG;
+	if (!n->may_evict) /* no garbage: it would only move the room */
+		return best_gain > 0 ? best : KV_NO_SEG;
+	if (next != KV_NO_SEG &&
+	    best_gain <= next_gain + kv->segment_bytes / KV_GARBAGE_FIRST_DIV) {
+		kv->cleaner->drain_hand = (next + 1) % kv->nsegs;
+		return next;
+	}
 	return best;
 }
 
-/* The cleaner's destination: the current DEST, else an empty RESERVE or
- * FREE segment made DEST, else none. */
-static uint32_t dest_get(struct kv__seg *kv)
+/* Free bytes at the end of segment s; 0 for a damaged cursor. */
+static uint64_t seg_room(struct kv__seg *kv, uint32_t s)
+{
+	uint64_t used = atomic_load_explicit(&seg_at(kv, s)->used,
+					     memory_order_relaxed);
+
+	if (used % KV_ITEM_ALIGN || used > kv->segment_bytes)
+		return 0;
+	return kv->segment_bytes - used;
+}
+
+/* The cleaner's destination (cleaner mutex held): the current DEST, unless
+ * it has no room for the waiting write; else an empty RESERVE or FREE
+ * segment made DEST; else none. A DEST too full for the write is sealed
+ * (a victim like any other later) when another destination exists or the
+ * store may evict: an evicting store then drains one victim with no
+ * destination, which becomes the new RESERVE. A NOEVICT store keeps it,
+ * since without a destination it could compact nothing. */
+static uint32_t dest_get(struct kv__seg *kv, const struct kv__need *n)
 {
 	uint32_t d = seg_find(kv, KV_SEG_DEST);
+	uint32_t spare = seg_find(kv, KV_SEG_RESERVE);
 
-	if (d == KV_NO_SEG)
-		d = seg_find(kv, KV_SEG_RESERVE);
-	if (d == KV_NO_SEG)
-		d = seg_find(kv, KV_SEG_FREE);
-	if (d != KV_NO_SEG && seg_state(kv, d) != KV_SEG_DEST)
+	if (spare == KV_NO_SEG)
+		spare = seg_find(kv, KV_SEG_FREE);
+	if (d != KV_NO_SEG && seg_room(kv, d) < n->bytes &&
+	    (spare != KV_NO_SEG || n->may_evict)) {
+		seg_set_state(kv, d, KV_SEG_SEALED);
+		d = KV_NO_SEG;
+	}
+	if (d == KV_NO_SEG && spare != KV_NO_SEG) {
+		d = spare;
 		seg_set_state(kv, d, KV_SEG_DEST);
+	}
 	return d;
 }
 
+/*
+ * EVICTION ORDER. A reclaim empties its victim; what the victim holds that
+ * is still live is moved to the destination or evicted. To evict about what
+ * the waiting write needs, and not a whole segment, the reclaim gets an
+ * eviction quota: the bytes that would not fit in the destination if it is
+ * to keep max(n->bytes, segment/KV_EVICT_BATCH_DIV) free for the writes
+ * that follow. The walk is the CLOCK hand: from the victim's start, while
+ * quota is left, an item not read since it was last examined is evicted and
+ * a read one loses its visited bit (its second chance). Then the items the
+ * hand did not reach are moved, bits kept, and after them the ones that
+ * used their second chance, so that the next lap reaches those last. A move
+ * never takes the destination's last floor bytes, so the waiting write
+ * finds room there. The key the write is for is never evicted by its own
+ * reclaim: it is moved, or the reclaim fails.
+ */
 struct kv__drain {
 	uint32_t victim, dest;
-	bool may_evict;
-	bool move_all;            /* the victim is at least half garbage */
-	uint64_t move_budget;     /* bytes we may still move (second chance) */
+	const struct kv__need *need;
+	uint64_t quota;           /* bytes still to evict */
+	uint64_t floor;           /* destination bytes moves leave free */
 };
 
 /* Find the slot linking the item at off, among the slots of home's probe
@@ -454,10 +564,21 @@ static bool find_by_offset(struct kv__seg *kv, uint64_t home, uint64_t off,
 	return false;
 }
 
+/* Is the linked item at hit the item of key k (stripe lock held)? */
+static bool is_key(struct kv__seg *kv, const struct kv__hit *hit,
+		   const struct kv__key *k, uint32_t hash32, uint64_t size)
+{
+	const struct kv__item *it = kv__item_at(kv, hit->off);
+
+	return hash32 == (uint32_t)(k->hash >> 32) && it->klen == k->len &&
+	       KV_ITEM_HDR + k->len <= size &&
+	       memcmp((const uint8_t *)it + KV_ITEM_HDR, k->ptr, k->len) == 0;
+}
+
 /* Copy the linked item at hit into the destination and swap the slot to
- * the copy (stripe lock held). The copy keeps the item's version: moving is
- * not a write. A counter's copy stays frozen until its slot is published
- * (see kv__swap_slot's carry). */
+ * the copy (stripe lock held). The copy keeps the item's version and
+ * visited bit: moving is neither a write nor a read. A counter's copy stays
+ * frozen until its slot is published (see kv__swap_slot's carry). */
 static int relocate(struct kv__seg *kv, uint32_t stripe, struct kv__hit *hit,
 		    uint64_t home, uint64_t size, struct kv__drain *d)
 {
@@ -493,7 +614,7 @@ static int relocate(struct kv__seg *kv, uint32_t stripe, struct kv__hit *hit,
 	KV_CRASHPOINT();
 	atomic_store_explicit(&dg->used, used + size, memory_order_release);
 	err = kv__swap_slot(kv, stripe, hit, home,
-			    (hit->word & ~(KV_SLOT_OFF_MASK | KV_SLOT_VISITED)) |
+			    (hit->word & ~KV_SLOT_OFF_MASK) |
 				    (doff / KV_ITEM_ALIGN),
 			    0, 0, &carry);
 	if (err)
@@ -505,16 +626,31 @@ static int relocate(struct kv__seg *kv, uint32_t stripe, struct kv__hit *hit,
 	return 0;
 }
 
-/* Handle one item of the victim: if still linked, drop, move or evict it.
- * Takes the item's stripe lock (cleaner mutex held). */
-static int drain_one(struct kv__seg *kv, uint64_t off, uint32_t hash32,
-		     uint64_t size, struct kv__drain *d)
+static void evict(struct kv__seg *kv, uint32_t stripe, struct kv__hit *hit,
+		  uint64_t size, struct kv__drain *d)
 {
+	kv__drop(kv, stripe, hit, KV_ST_EVICTIONS);
+	d->quota -= d->quota < size ? d->quota : size;
+}
+
+enum drain_step {
+	DRAIN_EXAMINE, /* evict if not read, else clear the visited bit */
+	DRAIN_MOVE,    /* move if it fits, else evict (or fail) */
+};
+
+/* One item of the victim: if still linked, drop it if expired, else take
+ * the step (see EVICTION ORDER). Takes the item's stripe lock (drain mutex
+ * held). */
+static int drain_one(struct kv__seg *kv, uint64_t off, uint32_t hash32,
+		     uint64_t size, struct kv__drain *d, enum drain_step step)
+{
+	const struct kv__need *n = d->need;
 	uint64_t home = kv__home_bucket(kv, hash32);
 	uint32_t stripe = kv__stripe_of(kv, home);
 	struct kv__hit hit;
 	int64_t now = 0;
-	uint64_t dest_used;
+	uint64_t room;
+	bool keep;
 	int err = kv__stripe_lock(kv, stripe);
 
 	if (err)
@@ -525,24 +661,30 @@ static int drain_one(struct kv__seg *kv, uint64_t off, uint32_t hash32,
 		kv__drop(kv, stripe, &hit, KV_ST_EXPIRED);
 		goto out;
 	}
-	dest_used = d->dest != KV_NO_SEG
-			    ? atomic_load_explicit(&seg_at(kv, d->dest)->used,
-						   memory_order_relaxed)
-			    : 0;
-	if (d->dest != KV_NO_SEG &&
-	    (!d->may_evict || d->move_all ||
-	     ((hit.word & KV_SLOT_VISITED) && d->move_budget >= size)) &&
-	    dest_used % KV_ITEM_ALIGN == 0 &&
-	    dest_used <= kv->segment_bytes - size) {
-		err = relocate(kv, stripe, &hit, home, size, d);
-		if (err == 0 && d->move_budget >= size)
-			d->move_budget -= size;
+	/* what may not be evicted: everything without eviction, and the key
+	 * the waiting write is for */
+	keep = !n->may_evict ||
+	       (n->key && is_key(kv, &hit, n->key, hash32, size));
+	if (step == DRAIN_EXAMINE) {
+		if (keep)
+			goto out; /* moved by the last pass */
+		if (!(hit.word & KV_SLOT_VISITED)) {
+			evict(kv, stripe, &hit, size, d);
+		} else { /* second chance: clear the bit, move it last */
+			KV_CRASHPOINT();
+			atomic_fetch_and_explicit(
+				&kv->buckets[hit.bucket].slot[hit.slot],
+				~KV_SLOT_VISITED, memory_order_relaxed);
+		}
 		goto out;
 	}
-	if (d->may_evict)
-		kv__drop(kv, stripe, &hit, KV_ST_EVICTIONS);
+	room = d->dest != KV_NO_SEG ? seg_room(kv, d->dest) : 0;
+	if (room >= size && (keep || room - size >= d->floor))
+		err = relocate(kv, stripe, &hit, home, size, d);
+	else if (!keep)
+		evict(kv, stripe, &hit, size, d);
 	else
-		err = -ENOSPC;
+		err = -ENOSPC; /* the victim is given back */
 out:
 	kv__stripe_unlock(kv, stripe);
 	return err;
@@ -563,7 +705,9 @@ static int unlink_all_in(struct kv__seg *kv, uint32_t victim)
 					&kv->buckets[b].slot[s],
 					memory_order_relaxed);
 				struct kv__hit hit;
-				if (!w || !kv__in_data(kv, kv__slot_off(w), 1) ||
+				if (!w ||
+				    !kv__in_data(kv, kv__slot_off(w),
+						 KV_ITEM_HDR) ||
 				    kv__seg_of(kv, kv__slot_off(w)) != victim)
 					continue;
 				kv__hit_fill(kv, &hit, b, s, w);
@@ -575,31 +719,51 @@ static int unlink_all_in(struct kv__seg *kv, uint32_t victim)
 	return 0;
 }
 
-/* Walk the victim's items in order. Every length read from the segment is
- * bounded by the segment before it is used to step. */
-static int drain(struct kv__seg *kv, struct kv__drain *d)
+/* Take step on the victim's items from offset *o until end, or, when
+ * examining, until the quota is met; *o is where it stopped. Every length
+ * read from the segment is bounded by the segment before it is used to
+ * step; a length that does not fit is 1 (the walk cannot go on). */
+static int drain_walk(struct kv__seg *kv, struct kv__drain *d, uint64_t *o,
+		      uint64_t end, enum drain_step step)
 {
 	uint64_t base = seg_base(kv, d->victim);
-	uint64_t used = atomic_load_explicit(&seg_at(kv, d->victim)->used,
-					     memory_order_acquire);
-	uint64_t o = 0;
 
-	if (used > kv->segment_bytes)
-		return unlink_all_in(kv, d->victim);
-	while (o < used) {
-		const struct kv__item *it = kv__item_at(kv, base + o);
-		uint64_t size = used - o >= KV_ITEM_HDR
+	while (*o < end && (step != DRAIN_EXAMINE || d->quota > 0)) {
+		const struct kv__item *it = kv__item_at(kv, base + *o);
+		uint64_t size = end - *o >= KV_ITEM_HDR
 					? kv__item_bytes(kv, it)
 					: 0;
 		int err;
-		if (size == 0 || size > used - o)
-			return unlink_all_in(kv, d->victim);
-		err = drain_one(kv, base + o, it->hash32, size, d);
+		if (size == 0 || size > end - *o)
+			return 1;
+		err = drain_one(kv, base + *o, it->hash32, size, d, step);
 		if (err)
 			return err;
-		o += size;
+		*o += size;
 	}
 	return 0;
+}
+
+/* Empty the victim in three passes (see EVICTION ORDER): examine from the
+ * start until the quota is met; move the rest, which the hand has not
+ * looked at; then move what the first pass kept, so that it comes after
+ * the rest in the destination and is examined again only after it. */
+static int drain(struct kv__seg *kv, struct kv__drain *d)
+{
+	uint64_t used = atomic_load_explicit(&seg_at(kv, d->victim)->used,
+					     memory_order_acquire);
+	uint64_t split = 0, o, zero = 0;
+	int err;
+
+	if (used > kv->segment_bytes)
+		return unlink_all_in(kv, d->victim);
+	err = drain_walk(kv, d, &split, used, DRAIN_EXAMINE);
+	o = split;
+	if (!err)
+		err = drain_walk(kv, d, &o, used, DRAIN_MOVE);
+	if (!err)
+		err = drain_walk(kv, d, &zero, split, DRAIN_MOVE);
+	return err == 1 ? unlink_all_in(kv, d->victim) : err;
 }
 
 /*
@@ -615,67 +779,114 @@ int kv__drain_repair(struct kv__seg *kv, void *what)
 	return 0;
 }
 
-/* Is there a segment lane_refill() would take for need bytes (cleaner
- * mutex held)? */
-static bool room_for(struct kv__seg *kv, uint64_t need)
+/* Pick the victim (or resume the DRAINING one) and the destination, and
+ * set the quota (drain mutex held; takes the cleaner mutex). d->victim
+ * stays KV_NO_SEG when there is room after all: a reclaim that waited for
+ * another one to finish must not empty a second segment (and evict) for
+ * nothing. */
+static int drain_begin(struct kv__seg *kv, struct kv__drain *d)
 {
-	for (uint32_t s = 0; s < kv->nsegs; s++)
-		if (seg_takes(kv, s, need))
-			return true;
-	return false;
-}
-
-/* Pick the victim (or resume the DRAINING one) and the destination (drain
- * mutex held; takes the cleaner mutex). d->victim stays KV_NO_SEG when
- * there is room after all: a reclaim that waited for another one to finish
- * must not empty a second segment (and evict) for nothing. */
-static int drain_begin(struct kv__seg *kv, struct kv__drain *d, uint64_t need)
-{
+	const struct kv__need *n = d->need;
+	uint64_t room, live, keep_free;
 	int err = kv__lock(kv, &kv->cleaner->mutex, kv__cleaner_repair,
 			   kv->cleaner);
 
 	if (err)
 		return err;
 	d->victim = seg_find(kv, KV_SEG_DRAINING);
-	if (d->victim == KV_NO_SEG && room_for(kv, need))
+	if (d->victim == KV_NO_SEG && room_for(kv, n) != KV_NO_SEG)
 		goto unlock;
+	d->dest = dest_get(kv, n);
+	room = d->dest != KV_NO_SEG ? seg_room(kv, d->dest) : 0;
 	if (d->victim == KV_NO_SEG) {
-		d->victim = pick_victim(kv, d->may_evict, need);
+		d->victim = pick_victim(kv, n, room);
 		if (d->victim == KV_NO_SEG) {
 			err = -ENOSPC;
 			goto unlock;
 		}
 		seg_set_state(kv, d->victim, KV_SEG_DRAINING);
 	}
-	/* A victim that is at least half garbage (values overwritten or
-	 * deleted) frees half a segment or more without evicting anything:
-	 * move every live item, read or not. Only a store that is mostly
-	 * live data evicts, and then only items not read since written. */
-	d->move_all = seg_live(kv, d->victim, kv__now_ms()) <=
-		      kv->segment_bytes / 2;
-	d->dest = dest_get(kv);
+	live = seg_live(kv, d->victim, kv__now_ms());
+	keep_free = kv->segment_bytes / KV_EVICT_BATCH_DIV;
+	if (keep_free < n->bytes)
+		keep_free = n->bytes;
+	d->quota = n->may_evict && live + keep_free > room
+			   ? live + keep_free - room
+			   : 0;
+	d->floor = room >= n->bytes ? n->bytes : 0;
 unlock:
 	kv__unlock(&kv->cleaner->mutex);
 	return err;
 }
 
-/*
- * Empty one segment so that lanes have room again (takes the drain mutex,
- * and the cleaner mutex before and after the walk). Resumes an interrupted
- * reclaim first. need is the size of the item waiting for room. Errors:
- * -ENOSPC nothing can be freed (no victim, or only by evicting when
- * !may_evict), lock errors.
- */
-int kv__reclaim(struct kv__seg *kv, bool may_evict, uint64_t need)
+/* Give the emptied victim and the destination back (cleaner mutex held).
+ * The store keeps one spare, RESERVE or DEST, for the next reclaim, and
+ * the waiting write gets a segment with room for it:
+ *   nothing moved          the destination stays the spare, the victim FREE
+ *   room left for n        the destination PARTIAL, the victim the spare
+ *   no room left for n     the victim FREE; the destination stays DEST and
+ *                          the next reclaim seals it (see dest_get)
+ *   no destination         the victim is the spare; the caller reclaims
+ *                          again, into it */
+static void drain_end(struct kv__seg *kv, const struct kv__drain *d)
 {
-	struct kv__drain d = {.may_evict = may_evict,
-			      .move_budget = kv->segment_bytes / 2};
+	uint64_t used = d->dest != KV_NO_SEG
+				? atomic_load_explicit(&seg_at(kv, d->dest)->used,
+						       memory_order_relaxed)
+				: 0;
+
+	seg_reset(kv, d->victim);
+	if (d->dest == KV_NO_SEG) {
+		seg_set_state(kv, d->victim, KV_SEG_RESERVE);
+	} else if (used == 0) {
+		seg_set_state(kv, d->dest, KV_SEG_RESERVE);
+		seg_set_state(kv, d->victim, KV_SEG_FREE);
+	} else if (seg_room(kv, d->dest) >= d->need->bytes) {
+		seg_set_state(kv, d->dest, KV_SEG_PARTIAL);
+		seg_set_state(kv, d->victim, KV_SEG_RESERVE);
+	} else {
+		seg_set_state(kv, d->victim, KV_SEG_FREE);
+	}
+}
+
+/* Purge every stripe that a kvshm_clear() emptied but no writer has locked
+ * since, so that the live hints stop counting what the clear removed.
+ * Returns how many were purged (drain mutex held). */
+static uint32_t purge_cleared_stripes(struct kv__seg *kv)
+{
+	uint32_t n = 0;
+
+	for (uint32_t st = 0; st < kv->nstripes; st++) {
+		if (kv__stripe_is_current(kv, st))
+			continue;
+		if (kv__stripe_lock(kv, st) == 0) { /* purges it */
+			kv__stripe_unlock(kv, st);
+			n++;
+		}
+	}
+	return n;
+}
+
+/*
+ * Empty one segment so that lanes have room for the write n describes
+ * (takes the drain mutex, and the cleaner mutex before and after the walk).
+ * Resumes an interrupted reclaim first. Errors: -ENOSPC nothing can be
+ * freed (no victim, or only by evicting when !n->may_evict), lock errors.
+ */
+int kv__reclaim(struct kv__seg *kv, const struct kv__need *n)
+{
+	struct kv__drain d = {.need = n};
 	int err = kv__lock(kv, &kv->cleaner->drain, kv__drain_repair, NULL);
 	int lock_err;
 
 	if (err)
 		return err;
-	err = drain_begin(kv, &d, need);
+	err = drain_begin(kv, &d);
+	/* after a clear the hints still count the cleared items: a store
+	 * with nothing to evict would look full until every stripe is
+	 * written or swept */
+	if (err == -ENOSPC && purge_cleared_stripes(kv))
+		err = drain_begin(kv, &d);
 	if (err || d.victim == KV_NO_SEG)
 		goto unlock_drain;
 	err = drain(kv, &d);
@@ -687,23 +898,11 @@ int kv__reclaim(struct kv__seg *kv, bool may_evict, uint64_t need)
 		err = lock_err; /* stays DRAINING; resumed next time */
 		goto unlock_drain;
 	}
-	if (err == -ENOSPC) { /* may not evict: give the victim back */
+	if (err == -ENOSPC) { /* could not move what may not be evicted */
 		seg_set_state(kv, d.victim, KV_SEG_SEALED);
 		goto unlock;
 	}
-
-	if (d.dest != KV_NO_SEG &&
-	    atomic_load_explicit(&seg_at(kv, d.dest)->used,
-				 memory_order_relaxed) == 0) {
-		seg_set_state(kv, d.dest, KV_SEG_RESERVE);
-		seg_reset(kv, d.victim);
-		seg_set_state(kv, d.victim, KV_SEG_FREE);
-	} else {
-		if (d.dest != KV_NO_SEG)
-			seg_set_state(kv, d.dest, KV_SEG_PARTIAL);
-		seg_reset(kv, d.victim);
-		seg_set_state(kv, d.victim, KV_SEG_RESERVE);
-	}
+	drain_end(kv, &d);
 	kv__stat_inc(kv, KV_ST_SEGS_RECLAIMED);
 unlock:
 	kv__unlock(&kv->cleaner->mutex);

@@ -292,8 +292,9 @@ struct kv__lane {
  * wait for a drain (see alloc.c). */
 struct kv__cleaner {
 	alignas(KV_CACHELINE) pthread_mutex_t mutex;
-	uint32_t hand;            /* next segment to consider (under mutex) */
-	uint32_t pad;
+	uint32_t hand;            /* next segment lanes consider (under mutex) */
+	uint32_t drain_hand;      /* next segment the cleaner empties, in an
+	                             evicting store (under mutex) */
 	alignas(KV_CACHELINE) pthread_mutex_t drain;
 };
 

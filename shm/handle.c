@@ -152,6 +152,8 @@ void kvshm_close(struct kvshm *h)
 int kvshm_put(struct kvshm *h, const void *key, size_t klen, const void *val,
 	      size_t vlen, const struct kvshm_write *w, uint64_t *cas_out)
 {
+	if (w && (w->opts & KV_WRITE_COPY))
+		return -EINVAL; /* internal: resize's copies only */
 	ON_CURRENT(h, kv__put(seg, key, klen, val, vlen, w, cas_out));
 }
 

@@ -320,12 +320,33 @@ struct kv__alloc {
 	uint64_t off;             /* where the item was written */
 	uint64_t size;
 };
+/* kvshm_write.opts, internal: a resize's copy of an item, which a NOEVICT
+ * store takes into its headroom (the old store held it). handle.c refuses
+ * it from callers. */
+#define KV_WRITE_COPY (1u << 31)
+/* kv__alloc_item()'s how */
+enum {
+	KV_ALLOC_MAY_EVICT = 1u << 0, /* the write may evict live items */
+	KV_ALLOC_INSERT = 1u << 1,    /* for a key not in the store: in a
+	                                 NOEVICT store it leaves the headroom
+	                                 kept for overwrites */
+};
+/* What a write waiting for room needs from a reclaim. */
+struct kv__need {
+	uint64_t bytes;           /* its item's size */
+	bool may_evict;
+	bool insert;              /* KV_ALLOC_INSERT */
+	const struct kv__key *key; /* never evicted for it; may be NULL */
+};
+/* A reclaim evicts at most what a write needs or 1/KV_EVICT_BATCH_DIV of a
+ * segment, whichever is more, beyond what fits in its destination. */
+#define KV_EVICT_BATCH_DIV 8u
 int kv__alloc_item(struct kv__seg *kv, const struct kv__key *k, const void *val,
-		   size_t vlen, unsigned kind, bool may_evict,
+		   size_t vlen, unsigned kind, unsigned how,
 		   struct kv__alloc *a);
 void kv__alloc_done(struct kv__seg *kv, const struct kv__alloc *a);
 int kv__lane_repair(struct kv__seg *kv, void *what);
-int kv__reclaim(struct kv__seg *kv, bool may_evict, uint64_t need);
+int kv__reclaim(struct kv__seg *kv, const struct kv__need *n);
 int kv__cleaner_repair(struct kv__seg *kv, void *what);
 int kv__drain_repair(struct kv__seg *kv, void *what);
 void kv__live_add(struct kv__seg *kv, uint64_t off, int64_t bytes);

@@ -53,11 +53,33 @@ struct kv__value {
 	int64_t counter;          /* initial value of a new counter */
 };
 
+/* Why w's condition fails for its key, found live or not (hit filled when
+ * live), or 0. A counter's CAS is checked when it is frozen. */
+static int write_condition(const struct kvshm_write *w, bool live,
+			   const struct kv__hit *hit)
+{
+	if (w->mode == KVSHM_ADD && live)
+		return -EEXIST;
+	if ((w->mode == KVSHM_REPLACE || w->mode == KVSHM_CAS) && !live)
+		return -ENOENT;
+	if (w->mode == KVSHM_CAS && hit->kind != KV_KIND_COUNTER &&
+	    hit->version != w->cas)
+		return -ESTALE;
+	return 0;
+}
+
 /*
  * The write path shared by put and a locked incr that creates a counter:
  * write the new item into a lane, then under the stripe lock check the mode,
  * fill in version and expiry, and swap the slot. Fails without changing the
  * old value; the unlinked item is garbage for the cleaner.
+ *
+ * A failed call changes nothing: before it allocates (which may evict, or
+ * use a NOEVICT store's headroom), a conditional write checks its condition
+ * with a lock-free read, the failure's linearization point. Only a write
+ * whose condition changed between that read and the lock can fail after
+ * allocating; then what its reclaim evicted stays evicted. The reclaim never
+ * evicts the key itself (see alloc.c, EVICTION ORDER).
  */
 static int write_new(struct kv__seg *kv, const struct kv__key *k,
 		     const struct kv__value *v, const struct kvshm_write *w,
@@ -73,11 +95,26 @@ static int write_new(struct kv__seg *kv, const struct kv__key *k,
 	bool found, live;
 	int err;
 
+	unsigned how = may_evict ? KV_ALLOC_MAY_EVICT : 0;
+
+	if (w->mode != KVSHM_SET || (kv->noevict && !(w->opts & KV_WRITE_COPY))) {
+		int r = kv__read(kv, k, NULL, 0, &old);
+		if (r < 0 && r != -EAGAIN)
+			return r;
+		if (r >= 0) { /* -EAGAIN: the lock decides */
+			live = r == 1 && !kv__is_expired(old.expires_at, &now);
+			err = write_condition(w, live, &old);
+			if (err)
+				return err;
+			if (!live)
+				how |= KV_ALLOC_INSERT;
+		}
+	}
 	/* The stripe's mutex and the home bucket are the next two cache
 	 * misses: start them now so they overlap the copy into the lane. */
 	__builtin_prefetch(&kv->stripes[k->stripe], 1);
 	__builtin_prefetch(&kv->buckets[k->home], 1);
-	err = kv__alloc_item(kv, k, v->ptr, v->len, v->kind, may_evict, &a);
+	err = kv__alloc_item(kv, k, v->ptr, v->len, v->kind, how, &a);
 	if (err)
 		return err;
 	err = kv__stripe_lock(kv, k->stripe);
@@ -86,13 +123,7 @@ static int write_new(struct kv__seg *kv, const struct kv__key *k,
 
 	found = kv__find_locked(kv, k, &old);
 	live = found && !kv__is_expired(old.expires_at, &now);
-	if (w->mode == KVSHM_ADD && live)
-		err = -EEXIST;
-	else if ((w->mode == KVSHM_REPLACE || w->mode == KVSHM_CAS) && !live)
-		err = -ENOENT;
-	else if (w->mode == KVSHM_CAS && old.kind != KV_KIND_COUNTER &&
-		 old.version != w->cas)
-		err = -ESTALE;
+	err = write_condition(w, live, &old);
 	if (err)
 		goto out_stripe;
 
@@ -148,7 +179,7 @@ int kv__put_counter(struct kv__seg *kv, const void *key, size_t klen,
 		    int64_t value, int64_t expires_at)
 {
 	struct kv__value v = {.kind = KV_KIND_COUNTER, .counter = value};
-	struct kvshm_write w = {.opts = KVSHM_NOEVICT_WRITE,
+	struct kvshm_write w = {.opts = KVSHM_NOEVICT_WRITE | KV_WRITE_COPY,
 				.expires_at_ms = expires_at,
 				.ttl_ms = KVSHM_TTL_NEVER};
 	struct kv__key k;
@@ -173,7 +204,7 @@ int kv__put(struct kv__seg *kv, const void *key, size_t klen, const void *val,
 	if (!w)
 		w = &plain;
 	if ((!val && vlen) || w->mode > KVSHM_CAS ||
-	    (w->opts & ~(KVSHM_KEEPTTL | KVSHM_NOEVICT_WRITE)))
+	    (w->opts & ~(KVSHM_KEEPTTL | KVSHM_NOEVICT_WRITE | KV_WRITE_COPY)))
 		return -EINVAL;
 	if (vlen > kv->max_value) {
 		kv__stat_inc(kv, KV_ST_FAIL_TOO_BIG);
@@ -465,7 +496,10 @@ static int incr_locked(struct kv__seg *kv, const struct kv__key *k,
 		if (!have_item) {
 			kv__stripe_unlock(kv, k->stripe);
 			err = kv__alloc_item(kv, k, NULL, 0, KV_KIND_COUNTER,
-					     !kv->noevict, &a);
+					     (kv->noevict ? 0
+							  : KV_ALLOC_MAY_EVICT) |
+						     (live ? 0 : KV_ALLOC_INSERT),
+					     &a);
 			if (err)
 				return err;
 			have_item = true;

@@ -70,7 +70,7 @@ static int copy_item(struct kv__seg *old, struct kv__seg *neu,
 	const struct kv__item *it = kv__item_at(old, hit->off);
 	const uint8_t *key = (const uint8_t *)it + KV_ITEM_HDR;
 	struct kv__key nk;
-	struct kvshm_write w = {.opts = KVSHM_NOEVICT_WRITE,
+	struct kvshm_write w = {.opts = KVSHM_NOEVICT_WRITE | KV_WRITE_COPY,
 				.flags = hit->uflags,
 				.expires_at_ms = hit->expires_at,
 				.ttl_ms = KVSHM_TTL_NEVER};

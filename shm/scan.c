@@ -257,8 +257,10 @@ static size_t sweep_batch(struct kv__seg *kv, uint32_t stripe, uint64_t b,
  */
 static void sweep_compact(struct kv__seg *kv)
 {
+	struct kv__need half = {.bytes = kv->segment_bytes / 2};
+
 	if (kv__roomy_segments(kv) == 0)
-		kv__reclaim(kv, false, kv->segment_bytes / 2); /* best effort */
+		kv__reclaim(kv, &half); /* best effort */
 }
 
 int kv__sweep(struct kv__seg *kv, size_t max_items, size_t *reclaimed)

@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <kvshm.h>
@@ -58,6 +59,12 @@ struct fill {
 	uint64_t live;         /* their key + value bytes (scan) */
 	struct kvshm_stats st; /* when the run stopped */
 	const char *stop;      /* why it stopped */
+	/* evicting stores, then as many writes of new keys again (see
+	 * after_full()) */
+	uint64_t more;         /* writes */
+	uint64_t needed_room;  /* ... that evicted something */
+	uint64_t evicted, evicted_max, moved; /* items */
+	double ns_per_write;   /* a second, timed pass of as many writes */
 };
 
 static uint64_t rng_next(uint64_t *s)
@@ -189,6 +196,67 @@ static int fill_store(struct kvshm *kv, const struct workload *wl,
 	return 0;
 }
 
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * An evicting store once full: write as many new keys again as it held,
+ * reading each stats after every write to see what that write evicted
+ * (issue 13: evict what the write needs), then time another pass of the
+ * same size without the stats calls.
+ */
+static int after_full(struct kvshm *kv, const struct workload *wl,
+		      uint64_t seed, struct fill *f)
+{
+	static uint8_t val[MIX_MAX];
+	uint64_t rng = seed * 7 + 3, n = f->writes, t0;
+	struct kvshm_stats a, b;
+	char key[KEY_LEN];
+
+	kvshm_stats(kv, &a);
+	f->more = n;
+	for (uint64_t pass = 0; pass < 2; pass++) {
+		t0 = mono_ns();
+		for (uint64_t i = 0; i < n; i++) {
+			size_t total = wl->mixed
+					       ? MIX_MIN + rng_next(&rng) %
+							   (MIX_MAX - MIX_MIN + 1)
+					       : 100;
+			int err;
+			make_key(key, (pass + 1) * 1000000000u + i);
+			memset(val, (int)(i & 0xff), total - KEY_LEN);
+			err = kvshm_set(kv, key, KEY_LEN, val, total - KEY_LEN,
+					0);
+			if (err) {
+				fprintf(stderr, "%s: write %" PRIu64
+					" after full: %s\n",
+					wl->name, i, kvshm_strerror(err));
+				return err;
+			}
+			if (pass == 1)
+				continue;
+			kvshm_stats(kv, &b);
+			if (b.evictions > a.evictions) {
+				uint64_t d = b.evictions - a.evictions;
+				f->needed_room++;
+				f->evicted += d;
+				if (d > f->evicted_max)
+					f->evicted_max = d;
+			}
+			f->moved += b.items_relocated - a.items_relocated;
+			a = b;
+		}
+		if (pass == 1)
+			f->ns_per_write = (double)(mono_ns() - t0) / (double)n;
+	}
+	return 0;
+}
+
 static int run(const struct workload *wl, uint64_t arena, uint64_t max_items,
 	       uint64_t seed, struct fill *f)
 {
@@ -212,6 +280,8 @@ static int run(const struct workload *wl, uint64_t arena, uint64_t max_items,
 	err = fill_store(kv, wl, seed, &sizes, f);
 	if (!err)
 		err = count_live(kv, sizes, f->writes, f);
+	if (!err && !wl->noevict)
+		err = after_full(kv, wl, seed, f);
 	if (kvshm_check(kv, report, sizeof(report))) {
 		fprintf(stderr, "%s: kvshm_check: %s\n", wl->name, report);
 		err = -1;
@@ -310,6 +380,26 @@ int main(int argc, char **argv)
 		       wls[i].name, f[i].writes, f[i].st.evictions,
 		       f[i].st.segments_reclaimed, f[i].st.free_segments,
 		       f[i].st.fail_nospace, f[i].st.fail_index_full);
+	printf("\nonce full, as many new keys again (evicting stores; a write "
+	       "\"needed room\" if it evicted):\n");
+	printf("%-16s %10s %12s %10s %12s %10s %10s %10s\n", "workload",
+	       "writes", "needed room", "evicted", "evicted per", "max per",
+	       "moved per", "ns/write");
+	printf("%-16s %10s %12s %10s %12s %10s %10s %10s\n", "", "", "", "",
+	       "such write", "write", "write", "(pass 2)");
+	for (int i = 0; i < NWL; i++)
+		if (!wls[i].noevict)
+			printf("%-16s %10" PRIu64 " %12" PRIu64 " %10" PRIu64
+			       " %12.1f %10" PRIu64 " %10.2f %10.0f\n",
+			       wls[i].name, f[i].more, f[i].needed_room,
+			       f[i].evicted,
+			       f[i].needed_room ? (double)f[i].evicted /
+						  (double)f[i].needed_room
+						: 0.0,
+			       f[i].evicted_max,
+			       f[i].more ? (double)f[i].moved / (double)f[i].more
+					 : 0.0,
+			       f[i].ns_per_write);
 	if (failed)
 		printf("FAILED: see the messages above\n");
 	return failed;
