@@ -139,6 +139,18 @@ int kv__stats(struct kv__seg *kv, struct kvshm_stats *st)
 	return 0;
 }
 
+/* The system's description of an errno kvshm_strerror() does not list (a
+ * directory given to kvshm_unlink_ex() with FORCE: EISDIR). Thread-local,
+ * because the library never hands threads a buffer they share. */
+static const char *system_message(int errnum)
+{
+	static _Thread_local char buf[128];
+
+	/* GNU strerror_r (_GNU_SOURCE): returns the message, which may be a
+	 * static string rather than buf; "Unknown error N" if it has none */
+	return strerror_r(errnum, buf, sizeof(buf));
+}
+
 const char *kvshm_strerror(int err)
 {
 	if (err == INT_MIN)
@@ -172,7 +184,7 @@ const char *kvshm_strerror(int err)
 	case EPERM: return "operation not permitted";
 	case EALREADY: return "already done";
 	case ENAMETOOLONG: return "store name too long";
-	default: return "unknown error";
+	default: return system_message(err < 0 ? -err : err);
 	}
 }
 
