@@ -60,9 +60,10 @@ KVSHM_API unsigned kvshm_layout_version(void);
 /* An attached store. Opaque; safe to share between threads. */
 struct kvshm;
 
-/* The range of kvshm_options.arena_bytes: 1 MiB to 1 TiB. */
+/* kvshm_options.arena_bytes: 1 MiB to 1 TiB, 64 MiB when 0. */
 #define KVSHM_MIN_ARENA_BYTES (UINT64_C(1) << 20)
 #define KVSHM_MAX_ARENA_BYTES (UINT64_C(1) << 40)
+#define KVSHM_DEFAULT_ARENA_BYTES (UINT64_C(64) << 20)
 /* The largest kvshm_options.max_key_bytes. */
 #define KVSHM_MAX_KEY_BYTES 65535u
 

@@ -161,7 +161,9 @@ const char *kvshm_strerror(int err)
 	case ENOENT: return "no such key or store";
 	case EEXIST: return "key or store already exists";
 	case E2BIG: return "key or value too long for this store";
-	case ENOSPC: return "store is full and may not evict";
+	case ENOSPC:
+		return "no room: the store is full and may not evict, or its "
+		       "file system has no room for the segment";
 	case ENOBUFS: return "buffer too small for the value";
 	case ESTALE: return "version (cas) does not match";
 	case ENOMSG: return "value is not a counter";
