@@ -162,7 +162,7 @@ static int params_from_options(const struct kvshm_options *o,
 	return layout_compute(h);
 }
 
-/* ---- names ------------------------------------------------------------- */
+/* ---- names -------------------------------------------------------------- */
 
 /*
  * NAMES. "NAME" and "/NAME" (one leading '/' and no other) are the POSIX shm
