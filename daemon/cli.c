@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/statvfs.h>
 
 #include <kvshm.h>
 
@@ -109,6 +110,28 @@ char *cli_format_size(uint64_t bytes, char *buf, size_t len)
 	}
 	snprintf(buf, len, "%.1f %s", v, units[i]);
 	return buf;
+}
+
+int cli_store_dir_free(const char *name, char *dir, size_t len,
+		       uint64_t *free_bytes)
+{
+	const char *base = name[0] == '/' ? name + 1 : name;
+	const char *slash = strrchr(name, '/');
+	struct statvfs vfs;
+	int n;
+
+	if (!strchr(base, '/'))
+		n = snprintf(dir, len, "/dev/shm");
+	else if (slash == name)
+		n = snprintf(dir, len, "/");
+	else
+		n = snprintf(dir, len, "%.*s", (int)(slash - name), name);
+	if (n < 0 || (size_t)n >= len)
+		return -EINVAL;
+	if (statvfs(dir, &vfs))
+		return -errno;
+	*free_bytes = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+	return 0;
 }
 
 /* One fprintf per message, so lines from several processes writing to the

@@ -35,6 +35,13 @@ int cli_parse_mode(const char *s, uint32_t *out);
  * when len > 0). Returns buf. */
 char *cli_format_size(uint64_t bytes, char *buf, size_t len);
 
+/* The directory that holds store name's file, by the kvshm.h naming rule
+ * ("NAME" and "/NAME" live in /dev/shm, other names with '/' are paths),
+ * into dir, and the bytes free there (statvfs f_bavail) into *free_bytes.
+ * 0, or -errno (-EINVAL: does not fit dir). */
+int cli_store_dir_free(const char *name, char *dir, size_t len,
+		       uint64_t *free_bytes);
+
 /* Print "PROG: message\n" to stderr, PROG being the program's short name,
  * with an optional prefix (such as a syslog priority "<3>") before it. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -731,8 +731,129 @@ static int cmd_run(int argc, char **argv)
 
 /* ---- create ------------------------------------------------------------ */
 
+/* The option values as given, to name them in messages ("--size 512K"). */
+struct create_args {
+	const char *size, *max_items, *max_key, *max_value, *mode;
+};
+
+/* --max-items (0 = default) for a segment of arena bytes; -1 if it fits. */
+static int max_items_range(const struct command *c, uint64_t arena,
+			   uint64_t max_items, const char *given)
+{
+	if (max_items > arena / 16)
+		return usage_error(c, "--max-items %s is too large: at most "
+				   "the segment size / 16 (%" PRIu64 " here)",
+				   given, arena / 16);
+	return -1;
+}
+
+/* --size (given as text) is within the limits of kvshm.h; -1 if so. */
+static int size_range(const struct command *c, uint64_t bytes,
+		      const char *given)
+{
+	char lim[32];
+
+	if (bytes < KVSHM_MIN_ARENA_BYTES)
+		return usage_error(c, "--size %s is too small: a store is at "
+				   "least %s", given,
+				   cli_format_size(KVSHM_MIN_ARENA_BYTES, lim,
+						   sizeof(lim)));
+	if (bytes > KVSHM_MAX_ARENA_BYTES)
+		return usage_error(c, "--size %s is too large: a store is at "
+				   "most %s", given,
+				   cli_format_size(KVSHM_MAX_ARENA_BYTES, lim,
+						   sizeof(lim)));
+	return -1;
+}
+
+/* Refuse what kvshm_open() would refuse with a bare -EINVAL, naming the
+ * option and its limit. Returns -1 if all is well, else the exit status.
+ * Mirrors the limits of kvshm.h; whatever slips through (the geometry as a
+ * whole) the library still refuses, and create_invalid() explains. */
+static int create_ranges(const struct command *c, const struct kvshm_options *o,
+			 const struct create_args *a)
+{
+	uint64_t arena = o->arena_bytes ? o->arena_bytes
+					: KVSHM_DEFAULT_ARENA_BYTES;
+	char lim[32];
+	int rc = a->size ? size_range(c, o->arena_bytes, a->size) : -1;
+
+	if (rc >= 0)
+		return rc;
+	if (a->mode && (o->mode & ~0666u))
+		return usage_error(c, "--mode %s: a store's mode has read and "
+				   "write bits only, at most 0666", a->mode);
+	/* 0 means the default here as in kvshm_options: not an error */
+	if (o->max_key_bytes > KVSHM_MAX_KEY_BYTES)
+		return usage_error(c, "--max-key %s is too large: keys are at "
+				   "most %u bytes", a->max_key,
+				   KVSHM_MAX_KEY_BYTES);
+	if (o->max_value_bytes > arena / 4)
+		return usage_error(c, "--max-value %s is too large: values are "
+				   "at most a quarter of the segment (%s here)",
+				   a->max_value,
+				   cli_format_size(arena / 4, lim, sizeof(lim)));
+	return max_items_range(c, arena, o->max_items, a->max_items);
+}
+
+/* kvshm_open() said -EINVAL although every option is in range: the name is
+ * bad, or the options do not fit together. Attaching (no options) tells
+ * them apart: it fails with -EINVAL only for a bad name. */
+static int create_invalid(const struct command *c, const char *name,
+			  const struct kvshm_options *o,
+			  const struct create_args *a)
+{
+	struct kvshm *kv;
+	char size[32], given[160];
+	int err = kvshm_open(name, NULL, &kv);
+
+	if (err == 0)
+		kvshm_close(kv);
+	if (err == -EINVAL)
+		return usage_error(c, "bad store name '%s': a store is NAME or "
+				   "/NAME (the shm object /dev/shm/NAME: 1 to "
+				   "254 bytes, not . or ..) or a file path (a "
+				   "'/' after the first character, not at the "
+				   "end)", name);
+	snprintf(given, sizeof(given), "%s%s%s%s%s",
+		 a->max_items ? " --max-items " : "",
+		 a->max_items ? a->max_items : "",
+		 a->max_value ? " --max-value " : "",
+		 a->max_value ? a->max_value : "",
+		 a->max_items || a->max_value ? "" : " the default geometry");
+	return usage_error(c, "a %s segment is too small for%s: it must hold "
+			   "the index and 4 values of the largest size; give a "
+			   "larger --size or a smaller --max-items or "
+			   "--max-value",
+			   cli_format_size(o->arena_bytes
+						   ? o->arena_bytes
+						   : KVSHM_DEFAULT_ARENA_BYTES,
+					   size, sizeof(size)),
+			   given);
+}
+
+/* Explain -ENOSPC from a create or resize: is the file system short of
+ * room for the segment? Returns true if it said so. */
+static bool explain_no_room(const char *name, uint64_t want,
+			    const char *what, const char *outcome)
+{
+	char dir[4096], freeb[32], wantb[32];
+	uint64_t free_bytes;
+
+	if (cli_store_dir_free(name, dir, sizeof(dir), &free_bytes) ||
+	    free_bytes >= want)
+		return false;
+	cli_error("%s: %s: %s has %s free, not enough for a %s segment "
+		  "(its memory is reserved up front); %s",
+		  name, what, dir,
+		  cli_format_size(free_bytes, freeb, sizeof(freeb)),
+		  cli_format_size(want, wantb, sizeof(wantb)), outcome);
+	return true;
+}
+
 static int parse_create(const struct command *c, int argc, char **argv,
-			struct kvshm_options *o, const char **name)
+			struct kvshm_options *o, const char **name,
+			struct create_args *a)
 {
 	static const struct option longopts[] = {
 		{"size", required_argument, NULL, 's'},
@@ -746,24 +867,36 @@ static int parse_create(const struct command *c, int argc, char **argv,
 		{NULL, 0, NULL, 0},
 	};
 	uint64_t v;
-	int ch;
+	int ch, err;
 
 	getopt_reset(argv);
 	while ((ch = getopt_long(argc, argv, "s:n:k:v:t:m:Eh", longopts,
 				 NULL)) != -1) {
 		switch (ch) {
 		case 's':
-			if (cli_parse_size(optarg, &o->arena_bytes))
+			a->size = optarg;
+			err = cli_parse_size(optarg, &o->arena_bytes);
+			if (err == -ERANGE)
+				o->arena_bytes = UINT64_MAX; /* too large */
+			else if (err)
 				goto bad_size;
 			break;
 		case 'n':
+			a->max_items = optarg;
 			if (cli_parse_uint(optarg, UINT64_MAX, &o->max_items))
 				goto bad_number;
 			break;
 		case 'k':
 		case 'v':
-			if (cli_parse_size(optarg, &v) || v > UINT32_MAX)
+			if (ch == 'k')
+				a->max_key = optarg;
+			else
+				a->max_value = optarg;
+			err = cli_parse_size(optarg, &v);
+			if (err && err != -ERANGE)
 				goto bad_size;
+			if (err || v > UINT32_MAX)
+				v = UINT32_MAX; /* too large, said below */
 			if (ch == 'k')
 				o->max_key_bytes = (uint32_t)v;
 			else
@@ -775,7 +908,11 @@ static int parse_create(const struct command *c, int argc, char **argv,
 				goto bad_number;
 			break;
 		case 'm':
-			if (cli_parse_mode(optarg, &o->mode))
+			a->mode = optarg;
+			err = cli_parse_mode(optarg, &o->mode);
+			if (err == -ERANGE)
+				o->mode = 07777; /* too wide, said below */
+			else if (err)
 				return usage_error(c, "--mode: '%s' is not an "
 						   "octal mode", optarg);
 			break;
@@ -788,7 +925,9 @@ static int parse_create(const struct command *c, int argc, char **argv,
 			return usage_error(c, NULL);
 		}
 	}
-	return take_name(c, argc, argv, name) ? CLI_EXIT_USAGE : -1;
+	if (take_name(c, argc, argv, name))
+		return CLI_EXIT_USAGE;
+	return create_ranges(c, o, a);
 
 bad_size:
 	return usage_error(c, "'%s' is not a size (bytes, or with a K, M, G "
@@ -801,11 +940,12 @@ static int cmd_create(int argc, char **argv)
 {
 	const struct command *c = find_command("create");
 	struct kvshm_options o = KVSHM_OPTIONS_INIT;
+	struct create_args a = {0};
 	const char *name = NULL;
 	char geom[512];
 	struct kvshm_stats st;
 	struct kvshm *kv;
-	int err, rc = parse_create(c, argc, argv, &o, &name);
+	int err, rc = parse_create(c, argc, argv, &o, &name, &a);
 
 	if (rc >= 0)
 		return rc;
@@ -815,13 +955,12 @@ static int cmd_create(int argc, char **argv)
 		cli_error("store %s already exists", name);
 		return CLI_EXIT_FAILURE;
 	}
-	if (err == -EINVAL) {
-		cli_error("cannot create %s: %s (the segment must be at "
-			  "least 1M and hold 4 items of the largest size; keys "
-			  "are at most 65535 bytes; the mode at most 0666)",
-			  name, kvshm_strerror(err));
+	if (err == -EINVAL)
+		return create_invalid(c, name, &o, &a);
+	if (err == -ENOSPC &&
+	    explain_no_room(name, o.arena_bytes ? o.arena_bytes : KVSHM_DEFAULT_ARENA_BYTES,
+			    "cannot create", "nothing was created"))
 		return CLI_EXIT_FAILURE;
-	}
 	if (err) {
 		cli_store_error(NULL, name, "cannot create", err);
 		return CLI_EXIT_FAILURE;
@@ -918,6 +1057,47 @@ static int cmd_check(int argc, char **argv)
 	return CLI_EXIT_OK;
 }
 
+static int parse_destroy(const struct command *c, int argc, char **argv,
+			 const char **name, bool *force)
+{
+	static const struct option longopts[] = {
+		{"force", no_argument, NULL, 'f'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	int ch;
+
+	getopt_reset(argv);
+	while ((ch = getopt_long(argc, argv, "fh", longopts, NULL)) != -1) {
+		if (ch == 'f')
+			*force = true;
+		else if (ch == 'h')
+			return print_help(c);
+		else
+			return usage_error(c, NULL);
+	}
+	return take_name(c, argc, argv, name) ? CLI_EXIT_USAGE : -1;
+}
+
+/* Why kvshm_unlink() refused name, in words an operator can act on. */
+static void destroy_refused(const char *name, int err)
+{
+	if (err == -EBADMSG)
+		cli_error("%s is not a kvshm store (not a regular file that "
+			  "starts with a kvshm header); nothing removed. If it "
+			  "really is to go: kvshm-janitor destroy --force %s",
+			  name, name);
+	else if (err == -ELOOP)
+		cli_error("%s is a symbolic link, not a kvshm store; nothing "
+			  "removed (--force removes the link itself, not what "
+			  "it points to)", name);
+	else if (err == -EAGAIN)
+		cli_error("%s changed while it was being checked; nothing "
+			  "removed; try again", name);
+	else
+		cli_store_error(NULL, name, "destroy", err);
+}
+
 static int cmd_destroy(int argc, char **argv)
 {
 	const char *name = NULL;
@@ -925,31 +1105,41 @@ static int cmd_destroy(int argc, char **argv)
 	struct kvshm_stats st = {0};
 	struct kvshm *kv;
 	const struct command *c = find_command("destroy");
-	int err, rc = parse_name_only(c, argc, argv, &name);
+	bool force = false;
+	int err, open_err, rc = parse_destroy(c, argc, argv, &name, &force);
 
 	if (rc >= 0)
 		return rc;
-	/* Only to tell the operator about a running janitor: a store too
-	 * damaged to open is destroyed all the same. */
+	/* Only to tell the operator about a running janitor or another
+	 * layout: a store too damaged to open is destroyed all the same. */
 	o.flags = KVSHM_RDONLY;
-	if (kvshm_open(name, &o, &kv) == 0) {
+	open_err = kvshm_open(name, &o, &kv);
+	if (open_err == 0) {
 		if (kvshm_stats(kv, &st))
 			st.janitor_alive = 0;
 		kvshm_close(kv);
 	}
-	err = kvshm_unlink(name);
+	err = kvshm_unlink_ex(name, force ? KVSHM_UNLINK_FORCE : 0);
 	if (err == -ENOENT) {
 		cli_error("no such store: %s", name);
 		return CLI_EXIT_FAILURE;
 	}
 	if (err) {
-		cli_store_error(NULL, name, "destroy", err);
+		destroy_refused(name, err);
 		return CLI_EXIT_FAILURE;
 	}
 	printf("destroyed %s: new opens will not find it; processes that "
 	       "still have it open keep using their mapping until they close "
 	       "it, and the memory is freed then\n",
 	       name);
+	if (open_err == -EPROTONOSUPPORT)
+		printf("it was a kvshm store of another layout version or lock "
+		       "ABI (this kvshm has layout version %u)\n",
+		       kvshm_layout_version());
+	else if (open_err && force)
+		printf("removed unchecked (--force): %s could not be opened as "
+		       "a store (%s)\n",
+		       name, kvshm_strerror(open_err));
 	if (st.janitor_alive)
 		printf("its janitor (pid %" PRIu64 ") notices within %d s and "
 		       "exits\n",
@@ -968,17 +1158,23 @@ static int parse_resize(const struct command *c, int argc, char **argv,
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	int ch;
+	const char *size = NULL, *max_items = NULL;
+	int ch, err;
 
 	getopt_reset(argv);
 	while ((ch = getopt_long(argc, argv, "s:n:h", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 's':
-			if (cli_parse_size(optarg, &o->arena_bytes))
+			size = optarg;
+			err = cli_parse_size(optarg, &o->arena_bytes);
+			if (err == -ERANGE)
+				o->arena_bytes = UINT64_MAX; /* too large */
+			else if (err)
 				return usage_error(c, "'%s' is not a size",
 						   optarg);
 			break;
 		case 'n':
+			max_items = optarg;
 			if (cli_parse_uint(optarg, UINT64_MAX, &o->max_items))
 				return usage_error(c, "'%s' is not a number",
 						   optarg);
@@ -991,9 +1187,12 @@ static int parse_resize(const struct command *c, int argc, char **argv,
 	}
 	if (take_name(c, argc, argv, name))
 		return CLI_EXIT_USAGE;
-	if (!o->arena_bytes)
+	if (!size)
 		return usage_error(c, "--size is required");
-	return -1;
+	err = size_range(c, o->arena_bytes, size);
+	if (err >= 0)
+		return err;
+	return max_items_range(c, o->arena_bytes, o->max_items, max_items);
 }
 
 static int cmd_resize(int argc, char **argv)
@@ -1012,10 +1211,12 @@ static int cmd_resize(int argc, char **argv)
 	kvshm_close(kv);
 	if (!err)
 		err = kvshm_resize(name, &o);
-	if (err == -ENOSPC)
-		cli_error("%s: resize: the live items do not fit the new size; "
-			  "nothing changed", name);
-	else if (err == -EBUSY)
+	if (err == -ENOSPC) {
+		if (!explain_no_room(name, o.arena_bytes, "resize",
+					     "the store is unchanged"))
+			cli_error("%s: resize: the live items do not fit the "
+				  "new size; nothing changed", name);
+	} else if (err == -EBUSY)
 		cli_error("%s: resize: another resize of this store is running",
 			  name);
 	else if (err)
@@ -1055,9 +1256,14 @@ static const struct command commands[] = {
 	 "       [--max-value BYTES] [--default-ttl MS] [--mode OCTAL] "
 	 "[--noevict]",
 	 "Create store NAME (it must not exist) and print its geometry.\n"
+	 "NAME or /NAME is the shm object /dev/shm/NAME; a name with more\n"
+	 "'/' is a file path. The whole segment's memory is reserved now, so\n"
+	 "a size its file system has no room for fails here, not later.\n"
 	 "Sizes are bytes or take a K, M, G or T suffix (powers of 1024).\n\n"
-	 "  -s, --size BYTES       whole segment (default 64M, at least 1M)\n"
-	 "  -n, --max-items N      index capacity (default size / 128)\n"
+	 "  -s, --size BYTES       whole segment (default 64M, 1M to 1T)\n"
+	 "  -n, --max-items N      index capacity (default size / 128, at "
+	 "most\n"
+	 "                         size / 16)\n"
 	 "  -k, --max-key BYTES    longest key (default 512, at most 65535)\n"
 	 "  -v, --max-value BYTES  longest value (default 1M or size / 16)\n"
 	 "  -t, --default-ttl MS   TTL of writes that give none (default: "
@@ -1081,9 +1287,13 @@ static const struct command commands[] = {
 	 "  -s, --size BYTES   new segment size (K, M, G, T suffixes)\n"
 	 "  -n, --max-items N  new index capacity (default size / 128)\n"
 	 "  -h, --help         this help\n"},
-	{"destroy", cmd_destroy, "destroy NAME",
+	{"destroy", cmd_destroy, "destroy NAME [--force]",
 	 "Remove store NAME. Processes that have it open keep using their\n"
-	 "mapping until they close it; new opens will not find it.\n"},
+	 "mapping until they close it; new opens will not find it. Refuses\n"
+	 "anything that is not a kvshm store (another program's shm object,\n"
+	 "a symbolic link, a directory) and leaves it untouched.\n\n"
+	 "  -f, --force  remove NAME even if it is not a kvshm store\n"
+	 "  -h, --help   this help\n"},
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))

@@ -62,8 +62,8 @@ static void usage(FILE *f)
 		"Usage: kvshm-stat [OPTION]... NAME\n"
 		"       kvshm-stat --list [DIR]\n"
 		"Inspect a kvshm store read-only, without disturbing its users.\n"
-		"NAME without '/' is a POSIX shared-memory store (/dev/shm/NAME);\n"
-		"with '/' it is a file path.\n"
+		"NAME or /NAME is a POSIX shared-memory store (/dev/shm/NAME);\n"
+		"a name with more '/' is a file path.\n"
 		"\n"
 		"  (no option)          a readable summary of the store\n"
 		"  -j, --json           the summary as one JSON object\n"
@@ -290,14 +290,15 @@ static int snapshot(const char *name, struct kvshm **kv, struct kvshm_stats *st)
 
 static void text_store(FILE *f, const char *name, const struct kvshm_stats *st)
 {
+	const char *base = name[0] == '/' ? name + 1 : name; /* kvshm.h */
 	char a[64], b[64];
 	int64_t now = now_ms();
 
 	fprintf(f, "store\n");
-	if (strchr(name, '/'))
+	if (strchr(base, '/'))
 		ROW(f, "name", "%s", name);
 	else
-		ROW(f, "name", "%s (%s/%s)", name, SHM_DIR, name);
+		ROW(f, "name", "%s (%s/%s)", name, SHM_DIR, base);
 	ROW(f, "library", "kvshm %s, layout version %u", kvshm_version(),
 	    kvshm_layout_version());
 	ROW(f, "uptime", "%s (created %s)",

@@ -60,6 +60,13 @@ KVSHM_API unsigned kvshm_layout_version(void);
 /* An attached store. Opaque; safe to share between threads. */
 struct kvshm;
 
+/* kvshm_options.arena_bytes: 1 MiB to 1 TiB, 64 MiB when 0. */
+#define KVSHM_MIN_ARENA_BYTES (UINT64_C(1) << 20)
+#define KVSHM_MAX_ARENA_BYTES (UINT64_C(1) << 40)
+#define KVSHM_DEFAULT_ARENA_BYTES (UINT64_C(64) << 20)
+/* The largest kvshm_options.max_key_bytes. */
+#define KVSHM_MAX_KEY_BYTES 65535u
+
 /* kvshm_options.flags */
 enum {
 	KVSHM_CREATE = 1u << 0,  /* create the segment if it does not exist */
@@ -154,12 +161,22 @@ typedef int (*kvshm_scan_fn)(const void *key, size_t klen,
  * return a handle in *out, which the caller owns and frees with
  * kvshm_close(). opts may be NULL (attach to an existing store).
  *
- * A name without '/' is a POSIX shared-memory object (shm_open(3), so it
- * lives in /dev/shm); a name with '/' is a file path, for a file on tmpfs or
- * in a private runtime directory. Either way the segment is created with
+ * NAMES. "NAME" and "/NAME" (a leading '/' and no other, as shm_open(3)
+ * spells it) are the same POSIX shared-memory object, /dev/shm/NAME; any
+ * other name with a '/' is a file path ("./NAME", "/run/myapp/NAME"), for a
+ * file on tmpfs or in a private runtime directory. So "/myapp" is never a
+ * file in the root directory (write "/./myapp" if that is really wanted).
+ * The shm object's part may not be empty, "." or "..", or longer than 254
+ * bytes; a path may not end in '/'. Either way the segment is created with
  * O_EXCL and exactly opts->mode, and on attach its type, owner (must be this
  * effective user), mode (no bits beyond 0666) and size are verified with
  * fstat() before anything is mapped; symbolic links are refused.
+ *
+ * Creating reserves the whole segment's memory (posix_fallocate(3)) before
+ * it is used, so a store larger than the room left on its file system (the
+ * tmpfs behind /dev/shm, often only 64 MiB in a container) fails with
+ * -ENOSPC at once and leaves nothing behind, instead of killing its users
+ * with SIGBUS later.
  *
  * Racing creators: exactly one initialises the segment, the others wait for
  * it (at most ~5 s) and attach. A creator that died half-way is detected and,
@@ -173,8 +190,9 @@ typedef int (*kvshm_scan_fn)(const void *key, size_t klen,
  * truncated, or corrupt header; -EPROTONOSUPPORT another layout version or
  * lock ABI; -EACCES owned by another user or mode wider than 0666, or denied
  * by the system; -ELOOP name is a symlink; -EXDEV created in another PID
- * namespace; -ETIMEDOUT the creator did not finish in time; -ENOMEM;
- * whatever shm_open/open/ftruncate/mmap fail with.
+ * namespace; -ETIMEDOUT the creator did not finish in time; -ENOSPC no room
+ * for the whole segment on its file system (nothing created); -ENOMEM;
+ * whatever shm_open/open/ftruncate/posix_fallocate/mmap fail with.
  */
 KVSHM_API int kvshm_open(const char *name, const struct kvshm_options *opts,
 			 struct kvshm **out);
@@ -198,16 +216,44 @@ KVSHM_API void kvshm_close(struct kvshm *kv);
  * across a resize gets -ESTALE. If the resizing process dies, the store
  * goes back to the old segment (or on to the new one, if it was already in
  * place) by itself.
+ * The new segment's memory is reserved as kvshm_open() reserves it.
  * Errors: -EINVAL; -ENOENT no such store; -EBUSY another resize is running;
- * -ENOSPC the live items do not fit the new size (nothing changes); the
- * errors of kvshm_open().
+ * -ENOSPC the live items do not fit the new size, or the file system has
+ * no room for the new segment next to the old one (nothing changes in
+ * either case); the errors of kvshm_open().
  */
 KVSHM_API int kvshm_resize(const char *name, const struct kvshm_options *opts);
 
-/* Remove the store's name. Processes that have it open keep using the
- * memory until they close it; new opens no longer find it. Errors: -EINVAL,
- * -ENOENT, -EACCES. */
+/*
+ * Remove the store's name. Processes that have it open keep using the
+ * memory until they close it; new opens no longer find it.
+ *
+ * Only a kvshm store is removed: a regular file (never a symbolic link,
+ * directory, FIFO or device) that starts with kvshm's magic. A store of
+ * another layout version or with a damaged header counts as one (its
+ * magic is ours); so that a typo cannot delete another program's shm
+ * object, anything else is refused and left untouched. The check is made
+ * on an open descriptor and the name looked up again just before the
+ * unlink; a process that may write the directory (in /dev/shm: the
+ * owner or root) can still swap the name in that last instant.
+ * Errors: -EINVAL bad name; -ENOENT; -EBADMSG not a kvshm store (also an
+ * object a creator left before writing its header); -ELOOP a symbolic
+ * link; -EAGAIN the name changed while it was checked; -EACCES, or what
+ * lstat/open/unlink fail with.
+ */
 KVSHM_API int kvshm_unlink(const char *name);
+
+/* kvshm_unlink_ex() flags */
+enum {
+	KVSHM_UNLINK_FORCE = 1u << 0, /* remove the name unchecked, whatever it
+	                                 is (a symbolic link itself, not what
+	                                 it points to) */
+};
+
+/* kvshm_unlink() with flags; flags 0 is kvshm_unlink(). Errors: those of
+ * kvshm_unlink(), -EINVAL unknown flags; with KVSHM_UNLINK_FORCE only
+ * -EINVAL (bad name) and what unlink(2) fails with (-EISDIR, ...). */
+KVSHM_API int kvshm_unlink_ex(const char *name, unsigned flags);
 
 /* Upsert key with ttl_ms (0 = store default, KVSHM_TTL_NEVER = never) and
  * user flags 0. Same as kvshm_put() with mode KVSHM_SET.
@@ -404,8 +450,11 @@ struct kvshm_stats {
 /* Fill *st. Works on read-only handles. Errors: -EINVAL. */
 KVSHM_API int kvshm_stats(struct kvshm *kv, struct kvshm_stats *st);
 
-/* A static, human-readable description of a kvshm error code (negative or
- * positive errno). Never NULL. */
+/* A human-readable description of a kvshm error code (negative or positive
+ * errno). Never NULL. The codes kvshm uses have descriptions of their own,
+ * in static storage; any other errno gets the system's (strerror_r(3)), in
+ * a buffer of the calling thread that the thread's next call may reuse.
+ * Safe from any number of threads. */
 KVSHM_API const char *kvshm_strerror(int err);
 
 #ifdef __cplusplus

@@ -394,6 +394,7 @@ int kv__seg_open(const char *name, const struct kvshm_options *opts,
 		 struct kv__seg **out);
 void kv__seg_close(struct kv__seg *kv);
 int kv__fs_path(const char *name, char *buf, size_t len);
+int kv__unlink_name(const char *name);
 int kv__ofd_lock(struct kv__seg *kv, int byte, short type);
 bool kv__ofd_held(struct kv__seg *kv, int byte);
 

@@ -197,7 +197,7 @@ int kv__resize_rollback(struct kv__seg *seg, const char *name)
 				       memory_order_relaxed),
 		  tmp, sizeof(tmp));
 	KV_CRASHPOINT();
-	kvshm_unlink(tmp);
+	kv__unlink_name(tmp); /* may be half-made: unchecked */
 	KV_CRASHPOINT();
 	atomic_store_explicit(&seg->hdr->life, KV_LIFE_LIVE,
 			      memory_order_release);
@@ -238,7 +238,7 @@ static int migrate(struct kv__seg *old, const char *name,
 	if (err)
 		return err;
 	temp_name(name, (uint64_t)getpid(), tmp, sizeof(tmp));
-	kvshm_unlink(tmp); /* a leftover of an earlier try of ours */
+	kv__unlink_name(tmp); /* a leftover of an earlier try of ours */
 	err = kv__seg_open(tmp, &o, &neu);
 	if (err)
 		return err;

@@ -27,16 +27,17 @@
 #include <unistd.h>
 
 #define KV_MIB (UINT64_C(1) << 20)
-#define KV_MIN_ARENA KV_MIB
-#define KV_MAX_ARENA (UINT64_C(1) << 40)
-#define KV_DEFAULT_ARENA (64 * KV_MIB)
+#define KV_MIN_ARENA KVSHM_MIN_ARENA_BYTES
+#define KV_MAX_ARENA KVSHM_MAX_ARENA_BYTES
+#define KV_DEFAULT_ARENA KVSHM_DEFAULT_ARENA_BYTES
 #define KV_DEFAULT_MAX_KEY 512u
 #define KV_DEFAULT_MAX_VALUE KV_MIB
 #define KV_ATTACH_WAIT_NS (5 * 1000 * 1000 * 1000LL)
 
 #ifdef KVSHM_TESTING
 /* Test builds: fail the n-th call of a system function (fault injection). */
-long kv__test_fail_ftruncate, kv__test_fail_mmap, kv__test_fail_getrandom;
+long kv__test_fail_ftruncate, kv__test_fail_mmap, kv__test_fail_getrandom,
+	kv__test_fail_fallocate;
 bool kv__test_zero_seed;
 static bool fault(long *countdown)
 {
@@ -163,10 +164,23 @@ static int params_from_options(const struct kvshm_options *o,
 
 /* ---- names -------------------------------------------------------------- */
 
-/* A name without '/' is a POSIX shm object ("/name" for shm_open); one
- * with '/' is a path. */
+/*
+ * NAMES. "NAME" and "/NAME" (one leading '/' and no other) are the POSIX shm
+ * object /NAME, which is how shm_open(3) users write it, so "/myapp" is
+ * /dev/shm/myapp and never a file in the root directory. Any other name
+ * with a '/' is a file path ("./NAME", "dir/NAME", "/run/app/NAME").
+ * Returns the shm object's name without its '/', or NULL for a path.
+ */
+static const char *shm_object_name(const char *name)
+{
+	const char *base = name[0] == '/' ? name + 1 : name;
+
+	return strchr(base, '/') ? NULL : base;
+}
+
 static int name_check(const char *name)
 {
+	const char *base;
 	size_t len;
 
 	if (!name)
@@ -174,10 +188,12 @@ static int name_check(const char *name)
 	len = strnlen(name, PATH_MAX);
 	if (len == 0 || len >= PATH_MAX)
 		return -EINVAL;
-	if (!strchr(name, '/')) {
-		if (len > NAME_MAX - 1)
+	base = shm_object_name(name);
+	if (base) {
+		len = strlen(base);
+		if (len == 0 || len > NAME_MAX - 1)
 			return -EINVAL;
-		if (!strcmp(name, ".") || !strcmp(name, ".."))
+		if (!strcmp(base, ".") || !strcmp(base, ".."))
 			return -EINVAL;
 	} else if (name[len - 1] == '/') {
 		return -EINVAL;
@@ -187,13 +203,14 @@ static int name_check(const char *name)
 
 static int obj_open(const char *name, int oflag, mode_t mode)
 {
+	const char *base = shm_object_name(name);
 	int fd;
 
-	if (strchr(name, '/')) {
+	if (!base) {
 		fd = open(name, oflag | O_NOFOLLOW | O_CLOEXEC, mode);
 	} else {
 		char shm_name[NAME_MAX + 1];
-		snprintf(shm_name, sizeof(shm_name), "/%s", name);
+		snprintf(shm_name, sizeof(shm_name), "/%s", base);
 		fd = shm_open(shm_name, oflag, mode); /* adds NOFOLLOW|CLOEXEC */
 	}
 	return fd < 0 ? -errno : fd;
@@ -203,28 +220,103 @@ static int obj_open(const char *name, int oflag, mode_t mode)
  * POSIX shm object (where glibc's shm_open() keeps them). */
 int kv__fs_path(const char *name, char *buf, size_t len)
 {
+	const char *base;
 	int n = name_check(name);
 
 	if (n)
 		return n;
-	n = snprintf(buf, len, strchr(name, '/') ? "%s" : "/dev/shm/%s", name);
+	base = shm_object_name(name);
+	n = base ? snprintf(buf, len, "/dev/shm/%s", base)
+		 : snprintf(buf, len, "%s", name);
 	return n < 0 || (size_t)n >= len ? -EINVAL : 0;
+}
+
+/* Remove name, whatever it is: for objects this library made itself (a
+ * half-made one has no magic yet) and for KVSHM_UNLINK_FORCE. */
+int kv__unlink_name(const char *name)
+{
+	char path[PATH_MAX];
+	int err = kv__fs_path(name, path, sizeof(path));
+
+	if (err)
+		return err;
+	return unlink(path) ? -errno : 0;
+}
+
+/* Is the object behind fd a kvshm store? Only its magic is looked at, so a
+ * store of another layout version, or one whose header is damaged past the
+ * magic, is ours too. Read with pread(), never mapped: the file may be
+ * anything, shorter than a page included. */
+static int fd_is_store(int fd)
+{
+	uint64_t magic;
+	ssize_t n = pread(fd, &magic, sizeof(magic), 0);
+
+	if (n < 0)
+		return -errno;
+	return n == (ssize_t)sizeof(magic) && magic == KV_MAGIC ? 0 : -EBADMSG;
+}
+
+/*
+ * Remove name only if it is a kvshm store: a regular file (not a symbolic
+ * link, FIFO, device or directory) that starts with our magic. The check is
+ * made on a descriptor, and the name is looked up again just before the
+ * unlink to see it still leads to the file checked.
+ *
+ * RESIDUAL WINDOW. Between that last lookup and unlink() the name can be
+ * replaced, and then the replacement is removed unchecked. Only a process
+ * that may write the directory can do that: in /dev/shm (sticky) that is
+ * the store's owner or root, who could remove the store anyway; a path
+ * store should live in a directory nobody else writes. POSIX has no
+ * "unlink this inode only", so the window cannot be closed.
+ */
+static int unlink_checked(const char *path)
+{
+	struct stat named, opened, again;
+	int fd, err;
+
+	if (lstat(path, &named))
+		return -errno;
+	if (S_ISLNK(named.st_mode))
+		return -ELOOP;
+	if (!S_ISREG(named.st_mode))
+		return -EBADMSG; /* never opened: a FIFO or device is not ours */
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY |
+				O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &opened))
+		err = -errno;
+	else if (!S_ISREG(opened.st_mode) || opened.st_dev != named.st_dev ||
+		 opened.st_ino != named.st_ino)
+		err = -EAGAIN; /* replaced while we looked: check nothing */
+	else
+		err = fd_is_store(fd);
+	if (!err && (lstat(path, &again) || again.st_dev != opened.st_dev ||
+		     again.st_ino != opened.st_ino))
+		err = -EAGAIN;
+	if (!err && unlink(path))
+		err = -errno;
+	close(fd);
+	return err;
+}
+
+int kvshm_unlink_ex(const char *name, unsigned flags)
+{
+	char path[PATH_MAX];
+	int err;
+
+	if (flags & ~(unsigned)KVSHM_UNLINK_FORCE)
+		return -EINVAL;
+	if (flags & KVSHM_UNLINK_FORCE)
+		return kv__unlink_name(name);
+	err = kv__fs_path(name, path, sizeof(path));
+	return err ? err : unlink_checked(path);
 }
 
 int kvshm_unlink(const char *name)
 {
-	int err = name_check(name);
-
-	if (err)
-		return err;
-	if (strchr(name, '/')) {
-		err = unlink(name);
-	} else {
-		char shm_name[NAME_MAX + 1];
-		snprintf(shm_name, sizeof(shm_name), "/%s", name);
-		err = shm_unlink(shm_name);
-	}
-	return err ? -errno : 0;
+	return kvshm_unlink_ex(name, 0);
 }
 
 /* ---- OFD locks on bytes of the object -------------------------------------
@@ -307,13 +399,15 @@ static void init_regions(uint8_t *base, const struct kv__header *h)
 
 /*
  * Initialise the segment behind fd (we hold its init lock, nobody has it
- * mapped usefully yet). Sizes the object, so a failure leaves a zero-size or
- * magic-less object that the caller unlinks.
+ * mapped usefully yet). Sizes the object and reserves its memory (-ENOSPC
+ * if the file system has not that much room), so a failure leaves a
+ * zero-size or magic-less object that the caller unlinks.
  */
 static int segment_init(int fd, const struct kv__header *params, mode_t mode)
 {
 	struct kv__header *h;
 	uint8_t *base;
+	int err;
 
 	if (fchmod(fd, mode))
 		return -errno;
@@ -321,6 +415,15 @@ static int segment_init(int fd, const struct kv__header *params, mode_t mode)
 		return -EIO;
 	if (ftruncate(fd, 0) || ftruncate(fd, (off_t)params->arena_bytes))
 		return -errno;
+	/* Reserve every page now. tmpfs hands pages out on first touch, so a
+	 * store larger than the room left would be created and then SIGBUS
+	 * whoever touches the page that is not there. posix_fallocate()
+	 * returns the error; it does not set errno. */
+	err = KV_FAULT(fallocate) ? ENOSPC
+				  : posix_fallocate(fd, 0,
+						    (off_t)params->arena_bytes);
+	if (err)
+		return -err;
 	base = KV_FAULT(mmap) ? MAP_FAILED
 			      : mmap(NULL, params->arena_bytes,
 				     PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -539,7 +642,7 @@ static int create_new(const char *name, const struct kv__header *params,
 		return fd;
 	err = init_if_needed(fd, params, mode);
 	if (err < 0)
-		kvshm_unlink(name);
+		kv__unlink_name(name); /* ours, maybe magic-less: unchecked */
 	close(fd);
 	return err < 0 ? err : 0;
 }
@@ -578,7 +681,7 @@ static void unlink_created(const char *name, int fd)
 	if (kv__fs_path(name, path, sizeof(path)) == 0 &&
 	    stat(path, &a) == 0 && fstat(fd, &b) == 0 &&
 	    a.st_dev == b.st_dev && a.st_ino == b.st_ino)
-		kvshm_unlink(name);
+		kv__unlink_name(name);
 }
 
 static int open_checked(const char *name, const struct kvshm_options *o,

@@ -139,6 +139,18 @@ int kv__stats(struct kv__seg *kv, struct kvshm_stats *st)
 	return 0;
 }
 
+/* The system's description of an errno kvshm_strerror() does not list (a
+ * directory given to kvshm_unlink_ex() with FORCE: EISDIR). Thread-local,
+ * because the library never hands threads a buffer they share. */
+static const char *system_message(int errnum)
+{
+	static _Thread_local char buf[128];
+
+	/* GNU strerror_r (_GNU_SOURCE): returns the message, which may be a
+	 * static string rather than buf; "Unknown error N" if it has none */
+	return strerror_r(errnum, buf, sizeof(buf));
+}
+
 const char *kvshm_strerror(int err)
 {
 	if (err == INT_MIN)
@@ -149,7 +161,9 @@ const char *kvshm_strerror(int err)
 	case ENOENT: return "no such key or store";
 	case EEXIST: return "key or store already exists";
 	case E2BIG: return "key or value too long for this store";
-	case ENOSPC: return "store is full and may not evict";
+	case ENOSPC:
+		return "no room: the store is full and may not evict, or its "
+		       "file system has no room for the segment";
 	case ENOBUFS: return "buffer too small for the value";
 	case ESTALE: return "version (cas) does not match";
 	case ENOMSG: return "value is not a counter";
@@ -172,7 +186,7 @@ const char *kvshm_strerror(int err)
 	case EPERM: return "operation not permitted";
 	case EALREADY: return "already done";
 	case ENAMETOOLONG: return "store name too long";
-	default: return "unknown error";
+	default: return system_message(err < 0 ? -err : err);
 	}
 }
 

@@ -32,7 +32,7 @@ void kvshm__test_hook(void (*fn)(long point, void *ctx), void *ctx);
 
 /* Fault injection: make the n-th following call fail (n >= 1; 0 = off). */
 extern long kv__test_fail_ftruncate, kv__test_fail_mmap,
-	kv__test_fail_getrandom;
+	kv__test_fail_getrandom, kv__test_fail_fallocate;
 /* Stores created while this is set get the all-zero hash seed (the hash
  * flooding test shows what the random seed prevents). */
 extern bool kv__test_zero_seed;

@@ -6,6 +6,8 @@
  */
 #include "testutil.h"
 
+#include <pthread.h>
+
 /* ---- helpers ---------------------------------------------------------- */
 
 static struct kvshm_stats stats_of(struct kvshm *kv)
@@ -425,6 +427,57 @@ static void test_resize_with_bad_arguments_fails_and_changes_nothing(
 	assert_kv(kvshm_resize("", &o), -EINVAL);
 	assert_int_equal(stats_of(kv).arena_bytes, 4 * TU_MIB);
 	assert_str(kv, "k", "v");
+}
+
+/* Issue 13, defect 10: "/myapp", the way shm_open(3) users write names,
+ * became a 64 MiB file in the root directory. A leading '/' and no other
+ * is the shm object now: "/NAME" and "NAME" are one store in /dev/shm,
+ * for open, resize and unlink alike; "/", "/." and "/.." are refused. */
+static void test_leading_slash_and_no_other_is_the_shm_object(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(KVSHM_CREATE | KVSHM_EXCL, 2 * TU_MIB);
+	struct kvshm_options bigger = tu_opts(0, 3 * TU_MIB);
+	const char *name = tu_new_name(fx, "slash");
+	char slashed[TU_NAME_LEN + 2], shm_path[TU_NAME_LEN + 16];
+	struct kvshm *kv = NULL, *plain;
+	struct stat st;
+	bool in_root;
+	int rc;
+
+	snprintf(slashed, sizeof(slashed), "/%s", name);
+	snprintf(shm_path, sizeof(shm_path), "/dev/shm/%s", name);
+	rc = kvshm_open(slashed, &o, &kv);
+	in_root = stat(slashed, &st) == 0;
+	if (in_root) /* the old rule: do not leave it in / */
+		unlink(slashed);
+	assert_false(in_root);
+	assert_ok(rc);
+	tu_track(fx, kv);
+	assert_int_equal(stat(shm_path, &st), 0);
+	assert_int_equal(st.st_size, 2 * TU_MIB);
+	set_str(kv, "k", "v", 0);
+	plain = tu_open(fx, name, NULL); /* the same store */
+	assert_str(plain, "k", "v");
+
+	assert_ok(kvshm_resize(slashed, &bigger));
+	assert_str(kv, "k", "v"); /* both handles follow it */
+	assert_str(plain, "k", "v");
+	assert_int_equal(stats_of(plain).arena_bytes, 3 * TU_MIB);
+	assert_int_equal(stat(shm_path, &st), 0);
+	assert_int_equal(st.st_size, 3 * TU_MIB);
+
+	assert_ok(kvshm_unlink(slashed));
+	assert_kv(kvshm_open(name, NULL, &kv), -ENOENT);
+	assert_str(plain, "k", "v"); /* open handles keep working */
+
+	static const char *const bad[] = {"/", "/.", "/.."};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		kv = NULL;
+		assert_kv(kvshm_open(bad[i], &o, &kv), -EINVAL);
+		assert_null(kv);
+		assert_kv(kvshm_unlink(bad[i]), -EINVAL);
+	}
 }
 
 static void test_name_with_slash_is_a_file_path(void **state)
@@ -2305,6 +2358,56 @@ static void test_strerror_is_never_null_and_names_codes(void **state)
 	assert_string_not_equal(kvshm_strerror(-ENOSPC), kvshm_strerror(-E2BIG));
 }
 
+/* Issue 13, defect 10: an errno kvshm_strerror() does not list (a directory
+ * given to destroy: EISDIR) said "unknown error". It gets the system's
+ * message now, from a buffer of the calling thread: threads asking for
+ * different codes at once each get their own. */
+struct strerror_job {
+	int code;
+	char want[128];
+	int wrong;
+};
+
+static void *strerror_many(void *arg)
+{
+	struct strerror_job *job = arg;
+
+	for (int i = 0; i < 20000; i++)
+		job->wrong += strcmp(kvshm_strerror(-job->code), job->want) != 0;
+	return NULL;
+}
+
+static void test_strerror_falls_back_to_the_system_message(void **state)
+{
+	static const int codes[] = {EISDIR, ENOTDIR, EMFILE, EFBIG};
+	struct strerror_job jobs[4];
+	pthread_t t[4];
+	char unknown[64];
+
+	(void)state;
+	for (size_t i = 0; i < 4; i++) {
+		jobs[i].code = codes[i];
+		jobs[i].wrong = 0;
+		/* GNU strerror_r: the message may not be in the buffer */
+		snprintf(jobs[i].want, sizeof(jobs[i].want), "%s",
+			 strerror_r(codes[i], jobs[i].want,
+				    sizeof(jobs[i].want)));
+		assert_string_equal(kvshm_strerror(-codes[i]), jobs[i].want);
+		assert_string_equal(kvshm_strerror(codes[i]), jobs[i].want);
+	}
+	assert_string_not_equal(kvshm_strerror(-EISDIR), "unknown error");
+	snprintf(unknown, sizeof(unknown), "%s", kvshm_strerror(-4242));
+	assert_non_null(strstr(unknown, "4242")); /* "Unknown error 4242" */
+	assert_string_equal(kvshm_strerror(-EINVAL), "invalid argument");
+	for (size_t i = 0; i < 4; i++)
+		assert_int_equal(pthread_create(&t[i], NULL, strerror_many,
+						&jobs[i]), 0);
+	for (size_t i = 0; i < 4; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(jobs[i].wrong, 0);
+	}
+}
+
 /* Issue 13 item 8: a scan whose callback is slow must not hand over keys
  * that expired while it ran (the old scan read the clock once, at the
  * start). */
@@ -2412,6 +2515,7 @@ int main(void)
 		T(test_options_from_a_newer_caller_work_only_with_unknown_fields_zero),
 		T(test_resize_with_bad_arguments_fails_and_changes_nothing),
 		T(test_name_with_slash_is_a_file_path),
+		T(test_leading_slash_and_no_other_is_the_shm_object),
 		T(test_default_options_give_the_documented_geometry),
 		T(test_attach_with_other_create_options_keeps_the_original_geometry),
 		T(test_file_of_zeros_is_not_a_store_and_returns_ebadmsg),
@@ -2482,6 +2586,7 @@ int main(void)
 		T(test_stats_count_gets_hits_misses_sets_deletes_incrs),
 		T(test_check_of_consistent_store_returns_0_with_a_summary),
 		T(test_strerror_is_never_null_and_names_codes),
+		T(test_strerror_falls_back_to_the_system_message),
 		T(test_scan_never_hands_over_a_key_that_expired_during_it),
 		T(test_keepttl_on_an_expired_key_does_not_keep_the_past_expiry),
 		T(test_ttl_too_long_to_add_means_never),

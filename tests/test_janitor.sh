@@ -29,6 +29,7 @@ cleanup()
 	done
 	wait 2>/dev/null
 	rm -f /dev/shm/"$S"*
+	rm -f /"$S".slash # the old name rule put /NAME in /
 	rm -rf "$TMP" "$SOCKDIR"
 }
 trap cleanup EXIT
@@ -495,6 +496,125 @@ else
 	bad "$t" "destroy exit $d_rc: $d_out" "open after: $orc" \
 		"check after: exit $rc: $out" "janitor exit $jrc" \
 		"$(cat "$TMP/d.log")"
+fi
+
+# ---- operator safety (issue 13, defect 10) ----------------------------------
+
+t="destroy refuses what is not a kvshm store and leaves it as it was"
+printf 'a text file\n' >"$TMP/text"
+head -c 8192 /dev/urandom >"$TMP/random"
+head -c 8192 /dev/urandom >/dev/shm/"$S.other" # another program's object
+cp /dev/shm/"$S.other" "$TMP/other.copy"
+mkdir "$TMP/dir"
+"$J" create "$S.target" --size 2M >/dev/null
+ln -s /dev/shm/"$S.target" /dev/shm/"$S.link"
+fails=()
+for n in "$TMP/text" "$TMP/random" "$S.other" "$TMP/dir" "$S.link"; do
+	run "$J" destroy "$n"
+	want="$n is not a kvshm store"
+	[ "$n" = "$S.link" ] && want="$n is a symbolic link, not a kvshm store"
+	if [ $rc -ne 1 ] || [[ $out != *"$want"* ]] || [[ $out != *"nothing removed"* ]]; then
+		fails+=("$n: exit $rc: $out")
+	fi
+done
+[ "$(cat "$TMP/text")" = "a text file" ] || fails+=("the text file changed")
+cmp -s /dev/shm/"$S.other" "$TMP/other.copy" || fails+=("/dev/shm/$S.other changed")
+[ -f "$TMP/random" ] && [ -d "$TMP/dir" ] || fails+=("random file or dir gone")
+[ -L /dev/shm/"$S.link" ] && "$HELPER" open "$S.target" || fails+=("the link or its store is gone")
+if [ ${#fails[@]} -eq 0 ]; then ok "$t"; else bad "$t" "${fails[@]}"; fi
+
+t="destroy --force removes what is not a store; a directory gets the system's message"
+fails=()
+run "$J" destroy --force "$TMP/text"
+[ $rc -eq 0 ] && [ ! -e "$TMP/text" ] || fails+=("text: exit $rc: $out")
+run "$J" destroy --force "$S.link"
+[ $rc -eq 0 ] && [ ! -L /dev/shm/"$S.link" ] && "$HELPER" open "$S.target" ||
+	fails+=("link: exit $rc: $out")
+run "$J" destroy --force "$TMP/dir"
+if [ $rc -ne 1 ] || [[ $out != *"Is a directory"* ]] || [[ $out == *"unknown error"* ]] ||
+	[ ! -d "$TMP/dir" ]; then
+	fails+=("dir: exit $rc: $out")
+fi
+if [ ${#fails[@]} -eq 0 ]; then ok "$t"; else bad "$t" "${fails[@]}"; fi
+
+t="destroy removes a store of another layout version, and says so"
+printf '\377' | dd of=/dev/shm/"$S.target" bs=1 seek=8 conv=notrunc status=none
+run "$J" destroy "$S.target"
+if [ $rc -eq 0 ] && [[ $out == *"another layout version"* ]] &&
+	[ ! -e /dev/shm/"$S.target" ]; then
+	ok "$t"
+else
+	bad "$t" "exit $rc: $out"
+fi
+
+t="each bad create option names what is wrong (exit 2)"
+fails=()
+while IFS='|' read -r args want; do
+	# shellcheck disable=SC2086
+	run "$J" create $args
+	if [ $rc -ne 2 ] || [[ $out != *"$want"* ]] || [ -e /dev/shm/"$S.bad" ]; then
+		fails+=("'$args': exit $rc: $out")
+	fi
+done <<EOF_CASES
+$S.bad --size 512K|--size 512K is too small: a store is at least 1.0 MiB
+$S.bad --size 2T|--size 2T is too large: a store is at most 1.0 TiB
+$S.bad --size 99999999999T|--size 99999999999T is too large
+$S.bad --mode 0777|--mode 0777: a store's mode has read and write bits only, at most 0666
+$S.bad --mode 4600|--mode 4600: a store's mode has read and write bits only
+$S.bad --max-key 70000|--max-key 70000 is too large: keys are at most 65535 bytes
+$S.bad --size 8M --max-value 3M|--max-value 3M is too large: values are at most a quarter of the segment (2.0 MiB here)
+$S.bad --size 8M --max-items 999999999|--max-items 999999999 is too large: at most the segment size / 16 (524288 here)
+$S.bad --size 1M --max-value 256K|a 1.0 MiB segment is too small for --max-value 256K
+/..|bad store name '/..'
+$TMP/dir/|bad store name '$TMP/dir/'
+EOF_CASES
+run "$J" resize "$S.none" --size 512K
+[ $rc -eq 2 ] && [[ $out == *"--size 512K is too small"* ]] || fails+=("resize: exit $rc: $out")
+if [ ${#fails[@]} -eq 0 ]; then ok "$t"; else bad "$t" "${fails[@]}"; fi
+
+t="/NAME is the shm object /dev/shm/NAME, never a file in /"
+run "$J" create "/$S.slash" --size 2M
+c_out=$out
+c_rc=$rc
+in_root=no
+[ -e /"$S.slash" ] && in_root=yes
+run "$J" destroy "$S.slash" # the same store, without the '/'
+if [ $c_rc -eq 0 ] && [ $in_root = no ] && [ $rc -eq 0 ] &&
+	[ ! -e /dev/shm/"$S.slash" ]; then
+	ok "$t"
+else
+	bad "$t" "create exit $c_rc: $c_out" "a file in /: $in_root" "destroy exit $rc: $out"
+fi
+
+t="a store larger than its tmpfs: create and resize fail at once, ENOSPC named, nothing left"
+mkdir -p "$TMP/fs"
+# A mount namespace of its own: the 4 MiB tmpfs goes away with it.
+unshare -m --propagation private bash -c '
+	mount -t tmpfs -o size=4m tmpfs "$1" || exit 100
+	J=$2
+	"$J" create "$1/big" --size 16M >"$1.big.out" 2>&1; echo $? >"$1.big.rc"
+	ls -A "$1" >"$1.big.ls"
+	"${J%/*}/kvshm-stat" --check "$1/big" >"$1.stat.out" 2>&1; echo $? >"$1.stat.rc"
+	"$J" create "$1/small" --size 2M >/dev/null 2>&1 || exit 101
+	"$J" resize "$1/small" --size 3M >"$1.resize.out" 2>&1; echo $? >"$1.resize.rc"
+	ls -A "$1" >"$1.resize.ls"
+	"$J" check "$1/small" >/dev/null 2>&1 || exit 102
+' _ "$TMP/fs" "$J" 2>"$TMP/fs.err"
+urc=$?
+fs=$TMP/fs
+if [ $urc -eq 100 ] || { [ $urc -ne 0 ] && [ ! -e "$fs.big.rc" ]; }; then
+	echo "SKIP $t (cannot mount a tmpfs here: $(head -c 200 "$TMP/fs.err"))"
+elif [ $urc -eq 0 ] && [ "$(cat "$fs.big.rc")" = 1 ] && [ ! -s "$fs.big.ls" ] &&
+	grep -q "cannot create: $fs has 4.0 MiB free, not enough for a 16.0 MiB segment" "$fs.big.out" &&
+	[ "$(cat "$fs.stat.rc")" = 1 ] && grep -q "no such store" "$fs.stat.out" &&
+	[ "$(cat "$fs.resize.rc")" = 1 ] && [ "$(cat "$fs.resize.ls")" = small ] &&
+	grep -q "resize: $fs has 2.0 MiB free, not enough for a 3.0 MiB segment" "$fs.resize.out"; then
+	ok "$t"
+else
+	bad "$t" "unshare exit $urc: $(cat "$TMP/fs.err")" \
+		"create 16M on 4M: exit $(cat "$fs.big.rc" 2>/dev/null): $(cat "$fs.big.out" 2>/dev/null); left: $(cat "$fs.big.ls" 2>/dev/null)" \
+		"kvshm-stat --check: exit $(cat "$fs.stat.rc" 2>/dev/null): $(cat "$fs.stat.out" 2>/dev/null)" \
+		"resize 2M to 3M: exit $(cat "$fs.resize.rc" 2>/dev/null): $(cat "$fs.resize.out" 2>/dev/null); left: $(cat "$fs.resize.ls" 2>/dev/null)"
 fi
 
 finish

@@ -3,7 +3,8 @@
  * test_segment.c - the segment's life cycle (shm/segment.c): what attaching
  * refuses (another layout or lock ABI, a damaged header, another PID
  * namespace), waiting for a creator that never finishes, system call
- * failures during creation, and kvshm_check() finding damage in the index.
+ * failures during creation, and kvshm_check() finding damage in the index;
+ * what kvshm_unlink() refuses to remove, and a store larger than its tmpfs.
  */
 #include "testutil.h"
 
@@ -14,6 +15,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/mount.h>
 
 #define T(f) cmocka_unit_test_setup_teardown(f, tu_setup_bare, tu_teardown)
 
@@ -79,6 +81,237 @@ static void test_segment_with_a_damaged_header_is_refused(void **state)
 
 	poke(path, offsetof(struct kv__header, data_off), &off, sizeof(off));
 	assert_kv(try_open(path), -EBADMSG);
+}
+
+/* ---- what kvshm_unlink() removes ------------------------------------------ */
+
+static void write_file(const char *path, const void *bytes, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, bytes, len), (ssize_t)len);
+	close(fd);
+}
+
+/* path still exists as a file of exactly these bytes. */
+static void assert_file_is(const char *path, const void *bytes, size_t len)
+{
+	char got[8192];
+	int fd = open(path, O_RDONLY);
+
+	assert_true(fd >= 0);
+	assert_true(len <= sizeof(got));
+	assert_int_equal(read(fd, got, sizeof(got)), (ssize_t)len);
+	close(fd);
+	assert_memory_equal(got, bytes, len);
+}
+
+/* Issue 13, defect 10: `destroy FILE` deleted a text file, a random file
+ * and another program's shm object. Each is refused now and left as it
+ * was; so are a directory, a FIFO, an empty file, a file of zeros (what a
+ * creator that died before its header leaves, which only the library's
+ * own cleanup removes) and a symbolic link to a real store (neither the
+ * link nor the store is touched). */
+static void test_unlink_refuses_what_is_not_a_kvshm_store(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	static const char text[] = "not a store\n";
+	static const uint8_t zeros[4096];
+	uint8_t random_bytes[4096];
+	const char *shm_other = tu_new_name(fx, "other-program");
+	const char *store = made_store(fx, "target");
+	const char *link = tu_new_path(fx, "link");
+	const char *dir = tu_new_path(fx, "dir");
+	const char *fifo = tu_new_path(fx, "fifo");
+	char shm_path[PATH_MAX];
+	struct stat st;
+	uint64_t seed = 13;
+
+	for (size_t i = 0; i < sizeof(random_bytes); i++)
+		random_bytes[i] = (uint8_t)tu_rand(&seed);
+	write_file(tu_new_path(fx, "text"), text, sizeof(text) - 1);
+	write_file(tu_new_path(fx, "random"), random_bytes,
+		   sizeof(random_bytes));
+	write_file(tu_new_path(fx, "empty"), "", 0);
+	write_file(tu_new_path(fx, "zeros"), zeros, sizeof(zeros));
+	snprintf(shm_path, sizeof(shm_path), "/dev/shm/%s", shm_other);
+	write_file(shm_path, random_bytes, sizeof(random_bytes));
+	assert_int_equal(mkdir(dir, 0700), 0);
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	assert_int_equal(symlink(store, link), 0);
+
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/text", tu_dir(fx));
+	assert_kv(kvshm_unlink(path), -EBADMSG);
+	assert_file_is(path, text, sizeof(text) - 1);
+	snprintf(path, sizeof(path), "%s/random", tu_dir(fx));
+	assert_kv(kvshm_unlink(path), -EBADMSG);
+	assert_file_is(path, random_bytes, sizeof(random_bytes));
+	snprintf(path, sizeof(path), "%s/empty", tu_dir(fx));
+	assert_kv(kvshm_unlink(path), -EBADMSG);
+	assert_file_is(path, "", 0);
+	snprintf(path, sizeof(path), "%s/zeros", tu_dir(fx));
+	assert_kv(kvshm_unlink(path), -EBADMSG);
+	assert_file_is(path, zeros, sizeof(zeros));
+	assert_kv(kvshm_unlink(shm_other), -EBADMSG); /* /dev/shm/NAME */
+	assert_file_is(shm_path, random_bytes, sizeof(random_bytes));
+	assert_kv(kvshm_unlink(dir), -EBADMSG);
+	assert_int_equal(stat(dir, &st), 0);
+	assert_kv(kvshm_unlink(fifo), -EBADMSG); /* and never hangs */
+	assert_int_equal(lstat(fifo, &st), 0);
+	assert_kv(kvshm_unlink(link), -ELOOP);
+	assert_int_equal(lstat(link, &st), 0);
+	assert_true(S_ISLNK(st.st_mode));
+	assert_int_equal(try_open(store), 0);
+	assert_kv(kvshm_unlink_ex(store, 1u << 7), -EINVAL); /* unknown flag */
+	assert_int_equal(try_open(store), 0);
+}
+
+/* KVSHM_UNLINK_FORCE removes what kvshm_unlink() refuses (a symbolic link
+ * itself, not its target), and still cannot remove a directory: -EISDIR,
+ * which kvshm_strerror() names with the system's message. */
+static void test_forced_unlink_removes_anything_but_a_directory(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	const char *store = made_store(fx, "target");
+	const char *text = tu_new_path(fx, "text");
+	const char *link = tu_new_path(fx, "link");
+	const char *dir = tu_new_path(fx, "dir");
+	struct stat st;
+
+	write_file(text, "hello\n", 6);
+	assert_int_equal(symlink(store, link), 0);
+	assert_int_equal(mkdir(dir, 0700), 0);
+	assert_ok(kvshm_unlink_ex(text, KVSHM_UNLINK_FORCE));
+	assert_int_equal(lstat(text, &st), -1);
+	assert_ok(kvshm_unlink_ex(link, KVSHM_UNLINK_FORCE));
+	assert_int_equal(lstat(link, &st), -1);
+	assert_int_equal(try_open(store), 0); /* the target is untouched */
+	assert_kv(kvshm_unlink_ex(dir, KVSHM_UNLINK_FORCE), -EISDIR);
+	assert_string_equal(kvshm_strerror(-EISDIR), strerror(EISDIR));
+	assert_ok(kvshm_unlink_ex(store, 0)); /* flags 0: checked, a store */
+	assert_kv(try_open(store), -ENOENT);
+}
+
+/* A store of another layout version, or with a damaged header, is still
+ * ours: its magic says so, and unlink removes it. */
+static void test_unlink_removes_a_store_of_another_layout_or_damaged(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	const char *other = made_store(fx, "layout");
+	const char *damaged = made_store(fx, "damaged");
+	const uint32_t layout = KV_LAYOUT + 1;
+	const uint64_t off = 12345;
+
+	poke(other, offsetof(struct kv__header, layout), &layout,
+	     sizeof(layout));
+	assert_kv(try_open(other), -EPROTONOSUPPORT);
+	assert_ok(kvshm_unlink(other));
+	assert_kv(try_open(other), -ENOENT);
+	poke(damaged, offsetof(struct kv__header, data_off), &off, sizeof(off));
+	assert_kv(try_open(damaged), -EBADMSG);
+	assert_ok(kvshm_unlink(damaged));
+	assert_kv(try_open(damaged), -ENOENT);
+}
+
+/* ---- a store larger than its tmpfs ----------------------------------------- */
+
+#define NO_SMALL_FS 100 /* exit status: could not mount one; skipped */
+
+/* entries of dir other than . and .. */
+static int entries(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	int n = 0;
+
+	if (!d)
+		return -1;
+	while ((e = readdir(d)))
+		n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+	closedir(d);
+	return n;
+}
+
+#define CHILD_CHECK(cond)                                                      \
+	do {                                                                   \
+		if (!(cond)) {                                                 \
+			fprintf(stderr, "small tmpfs: line %d: %s\n",          \
+				__LINE__, #cond);                              \
+			_exit(1);                                              \
+		}                                                              \
+	} while (0)
+
+/* Child, in a mount namespace of its own (so the mount goes when it dies,
+ * whatever happens): a 4 MiB tmpfs on dir, then stores too large for it. */
+static void small_tmpfs_child(void *arg)
+{
+	const char *dir = arg;
+	struct kvshm_options o = tu_opts(KVSHM_CREATE | KVSHM_EXCL,
+					 16 * TU_MIB);
+	char big[PATH_MAX], dflt[PATH_MAX], small[PATH_MAX];
+	struct kvshm *kv = NULL;
+	char got[8];
+	size_t len;
+
+	if (unshare(CLONE_NEWNS) ||
+	    mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) ||
+	    mount("tmpfs", dir, "tmpfs", 0, "size=" "4m")) {
+		fprintf(stderr, "small tmpfs: cannot mount one (%s): skipped\n",
+			strerror(errno));
+		_exit(NO_SMALL_FS);
+	}
+	snprintf(big, sizeof(big), "%s/big", dir);
+	snprintf(dflt, sizeof(dflt), "%s/default", dir);
+	snprintf(small, sizeof(small), "%s/small", dir);
+
+	/* 16 MiB, and the default 64 MiB: -ENOSPC at once, nothing left */
+	CHILD_CHECK(kvshm_open(big, &o, &kv) == -ENOSPC && !kv);
+	CHILD_CHECK(entries(dir) == 0);
+	o.arena_bytes = 0;
+	CHILD_CHECK(kvshm_open(dflt, &o, &kv) == -ENOSPC && !kv);
+	CHILD_CHECK(entries(dir) == 0);
+
+	/* 2 MiB fits; growing it to 3 MiB needs 2 + 3 at once: -ENOSPC, the
+	 * store as it was and no NAME.resize-PID left */
+	o.arena_bytes = 2 * TU_MIB;
+	CHILD_CHECK(kvshm_open(small, &o, &kv) == 0);
+	CHILD_CHECK(kvshm_set(kv, KS("k"), "v", 1, 0) == 0);
+	o = tu_opts(0, 3 * TU_MIB);
+	CHILD_CHECK(kvshm_resize(small, &o) == -ENOSPC);
+	CHILD_CHECK(entries(dir) == 1);
+	CHILD_CHECK(kvshm_get(kv, KS("k"), got, sizeof(got), &len) == 0);
+	CHILD_CHECK(kvshm_check(kv, NULL, 0) == 0);
+	/* and 1 MiB does fit next to it */
+	o = tu_opts(0, 1 * TU_MIB);
+	CHILD_CHECK(kvshm_resize(small, &o) == 0);
+	CHILD_CHECK(entries(dir) == 1);
+	CHILD_CHECK(kvshm_get(kv, KS("k"), got, sizeof(got), &len) == 0);
+	kvshm_close(kv);
+	_exit(0);
+}
+
+/* Issue 13, defect 10: a 16 MiB store on a 4 MiB tmpfs was "created", then
+ * killed its writers and kvshm-stat --check with SIGBUS once the pages ran
+ * out. Creating and resizing reserve the memory now (needs root to mount
+ * a tmpfs: skipped, and said so, otherwise). */
+static void test_a_store_larger_than_its_tmpfs_fails_with_enospc(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	const char *dir = tu_new_path(fx, "fs");
+	int status;
+
+	assert_int_equal(mkdir(dir, 0700), 0);
+	status = tu_wait(fx, tu_spawn(fx, small_tmpfs_child, (void *)dir));
+	if (WIFSIGNALED(status))
+		fail_msg("the child died of signal %d (SIGBUS is %d)",
+			 WTERMSIG(status), SIGBUS);
+	assert_true(WIFEXITED(status));
+	if (WEXITSTATUS(status) == NO_SMALL_FS)
+		skip();
+	assert_int_equal(WEXITSTATUS(status), 0);
+	assert_int_equal(entries(dir), 0); /* the mount died with the child */
 }
 
 /* Child: from a new PID namespace, try to attach; exit with -rc. */
@@ -155,7 +388,7 @@ static void test_failed_creation_leaves_nothing_behind(void **state)
 	struct tu_fx *fx = tu_fx(state);
 	struct kvshm_options o = tu_opts(KVSHM_CREATE, 2 * TU_MIB);
 	long *faults[] = {&kv__test_fail_ftruncate, &kv__test_fail_mmap,
-			  &kv__test_fail_getrandom};
+			  &kv__test_fail_getrandom, &kv__test_fail_fallocate};
 
 	for (size_t i = 0; i < sizeof(faults) / sizeof(faults[0]); i++) {
 		const char *name = tu_new_name(fx, "fault");
@@ -462,9 +695,9 @@ static void test_every_failing_system_call_fails_cleanly_and_leaves_nothing(void
 {
 	struct tu_fx *fx = tu_fx(state);
 	static const char *const fault_name[] = {"ftruncate", "mmap",
-						 "getrandom"};
+						 "getrandom", "posix_fallocate"};
 	long *faults[] = {&kv__test_fail_ftruncate, &kv__test_fail_mmap,
-			  &kv__test_fail_getrandom};
+			  &kv__test_fail_getrandom, &kv__test_fail_fallocate};
 	long failing = 0;
 
 	for (size_t f = 0; f < sizeof(faults) / sizeof(faults[0]); f++)
@@ -641,6 +874,10 @@ int main(void)
 		T(test_lock_timeout_fails_the_write_cleanly),
 		T(test_every_failing_system_call_fails_cleanly_and_leaves_nothing),
 		T(test_lock_timeout_fails_every_write_cleanly),
+		T(test_unlink_refuses_what_is_not_a_kvshm_store),
+		T(test_forced_unlink_removes_anything_but_a_directory),
+		T(test_unlink_removes_a_store_of_another_layout_or_damaged),
+		T(test_a_store_larger_than_its_tmpfs_fails_with_enospc),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -22,7 +22,8 @@ WORK=$(mktemp -d "$TMPBASE/test_stat.XXXXXX")
 HELPER=$WORK/helper
 
 cleanup() {
-	rm -f "/dev/shm/$NAME" "/dev/shm/$KEYS"
+	rm -f "/dev/shm/$NAME" "/dev/shm/$KEYS" "/dev/shm/$NAME.slash"
+	rm -f "/$NAME.slash" # the old name rule put /NAME in /
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -298,6 +299,13 @@ before=$(sha256sum <"$FILE")
 after=$(sha256sum <"$FILE")
 check "summary, --keys, --get and --check leave the segment's bytes unchanged" \
 	test "$before" = "$after"
+
+# ---- /NAME (issue 13, defect 10) ----------------------------------------------
+"$HELPER" "/$NAME.slash" set a b
+out=$("$STAT" "/$NAME.slash" 2>&1)
+check "/NAME is the shm object /dev/shm/NAME, and the summary says so" \
+	bash -c '[ ! -e "/$1" ] && [ -f "/dev/shm/$1" ] &&
+		grep -q "name  *\/$1 (\/dev\/shm\/$1)" <<<"$2"' _ "$NAME.slash" "$out"
 
 # ---- errors, help, version ------------------------------------------------------------
 out=$("$STAT" "kvshm-test-missing-$$" 2>&1)

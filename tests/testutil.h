@@ -279,10 +279,16 @@ static inline int tu_setup_store(void **state)
 	return 0;
 }
 
-/* The filesystem path of a store name. */
+/* The filesystem path of a store name ("NAME" and "/NAME" are shm
+ * objects; other names with a '/' are paths: the kvshm.h rule). */
 static inline const char *tu_fs_path(const char *name, char *buf, size_t len)
 {
-	snprintf(buf, len, "%s%s", strchr(name, '/') ? "" : "/dev/shm/", name);
+	const char *base = name[0] == '/' ? name + 1 : name;
+
+	if (strchr(base, '/'))
+		snprintf(buf, len, "%s", name);
+	else
+		snprintf(buf, len, "/dev/shm/%s", base);
 	return buf;
 }
 
