@@ -922,16 +922,20 @@ void lc_op_print(FILE *f, const struct lc_op *o, uint64_t t0,
 		fprintf(f, " ttl %s", ttl_names[o->arg_ttl & 3]);
 	if (o->kind == LC_INCR)
 		fprintf(f, " by %" PRId64, o->arg_delta);
-	if (!o->t_return || (o->flags & LC_F_WEAK)) {
-		fprintf(f, " -> ? (%s: may or may not have happened)",
-			o->t_return ? "weakened" : "pending");
+	if (!o->t_return) {
+		fprintf(f, " -> ? (pending: may or may not have happened)");
 		return;
 	}
+	if (o->flags & LC_F_WEAK)
+		fprintf(f, " -> ? (weakened: may or may not have happened, "
+			   "any time after its call; it returned at %.3f ms:",
+			ms(o->t_return, t0));
 	if (o->res_err) {
-		fprintf(f, " -> %s", kvshm_strerror(o->res_err));
+		fprintf(f, " -> %s%s", kvshm_strerror(o->res_err),
+			(o->flags & LC_F_WEAK) ? ")" : "");
 		return;
 	}
-	fprintf(f, " -> ok");
+	fprintf(f, (o->flags & LC_F_WEAK) ? " ok" : " -> ok");
 	if (o->kind == LC_GET) {
 		if (o->flags & LC_F_CTR)
 			fprintf(f, " counter %" PRId64, (int64_t)o->res_val);
@@ -943,6 +947,8 @@ void lc_op_print(FILE *f, const struct lc_op *o, uint64_t t0,
 	} else if (o->kind == LC_INCR) {
 		fprintf(f, " = %" PRId64, (int64_t)o->res_val);
 	}
+	if (o->flags & LC_F_WEAK)
+		fprintf(f, ")");
 }
 
 static void st_print(FILE *f, const struct st *s)
@@ -991,7 +997,7 @@ static bool nonlin(const struct lc_check_opts *o, struct win *scratch,
 
 /* Shrink the failing window ops[0..n) and print what is left. */
 static void report_window(const struct lc_check_opts *o, struct win *scratch,
-			  const struct hop *ops, size_t n,
+			  const struct hop *ops, size_t n, size_t failing,
 			  const struct stset *in, unsigned key)
 {
 	FILE *f = o->out ? o->out : stderr;
@@ -1032,10 +1038,10 @@ static void report_window(const struct lc_check_opts *o, struct win *scratch,
 	}
 	lc_key_name(kname, o->prefix, key);
 	fprintf(f, "lincheck: FAIL: key %s is not linearizable: a window of "
-		   "%zu operations has no linearization; a minimal "
-		   "non-linearizable sub-history (%zu operations; times in ms "
-		   "from the first) from ",
-		kname, n, m);
+		   "%zu operations has none; shrunk from the last %zu "
+		   "operations to a minimal non-linearizable sub-history of "
+		   "%zu (times in ms from the first), the key being ",
+		kname, failing, n, m);
 	for (size_t i = 0; i < in->n; i++) {
 		fprintf(f, i ? " or " : "");
 		st_print(f, &in->v[i]);
@@ -1103,7 +1109,8 @@ static size_t check_versions(const struct lc_check_opts *o,
 		}
 		if (writes < 2 && !differ)
 			continue;
-		bad++;
+		if (++bad > 3)
+			continue; /* counted, not printed */
 		fprintf(f, "lincheck: FAIL: key %s: version %#" PRIx64 " %s:\n",
 			kname, v[i].ver,
 			writes > 1 ? "was handed out to two writes" :
@@ -1114,6 +1121,9 @@ static size_t check_versions(const struct lc_check_opts *o,
 			fprintf(f, "\n");
 		}
 	}
+	if (bad > 3)
+		fprintf(f, "lincheck: FAIL: key %s: %zu more repeated versions\n",
+			kname, bad - 3);
 	free(v);
 	return bad;
 }
@@ -1127,11 +1137,21 @@ static int hop_cmp(const void *pa, const void *pb)
 	return a->op.slot - b->op.slot;
 }
 
+#define CTX 8 /* windows of context a failure is shrunk from */
+
+static void stset_copy(struct stset *to, const struct stset *from)
+{
+	to->n = 0;
+	for (size_t i = 0; i < from->n; i++)
+		stset_add(to, &from->v[i]);
+}
+
 /* Check the key's history ops[0..n) (sorted by invocation). */
 static int check_key(const struct lc_check_opts *o, struct hop *ops, size_t n,
 		     unsigned key, struct lc_report *rep)
 {
-	struct stset in = { 0 }, out = { 0 };
+	struct stset in = { 0 }, out = { 0 }, ctx_in[CTX] = { { 0 } };
+	size_t ctx_start[CTX], nctx = 0;
 	struct win w = { .o = o };
 	size_t start = 0, bad = 0;
 
@@ -1151,6 +1171,11 @@ static int check_key(const struct lc_check_opts *o, struct hop *ops, size_t n,
 				maxret = ops[end].ret;
 			end++;
 		}
+		/* remember where this window starts and from which states,
+		 * for a failure's context */
+		ctx_start[nctx % CTX] = start;
+		stset_copy(&ctx_in[nctx % CTX], &in);
+		nctx++;
 		w.ops = ops + start;
 		w.n = end - start;
 		w.budget = o->budget ? o->budget : 4000000;
@@ -1162,7 +1187,16 @@ static int check_key(const struct lc_check_opts *o, struct hop *ops, size_t n,
 			break;
 		}
 		if (!out.n) {
-			report_window(o, &w, ops + start, w.n, &in, key);
+			/* shrink from up to CTX windows back (64 ops at most,
+			 * unless the failing window alone is longer) */
+			size_t c = nctx - 1;
+
+			while (c > 0 && nctx - c < CTX &&
+			       end - ctx_start[(c - 1) % CTX] <= 64)
+				c--;
+			report_window(o, &w, ops + ctx_start[c % CTX],
+				      end - ctx_start[c % CTX], w.n,
+				      &ctx_in[c % CTX], key);
 			bad++;
 			break;
 		}
@@ -1177,6 +1211,8 @@ static int check_key(const struct lc_check_opts *o, struct hop *ops, size_t n,
 	win_free(&w);
 	free(in.v);
 	free(out.v);
+	for (size_t i = 0; i < CTX; i++)
+		free(ctx_in[i].v);
 	rep->failures += bad;
 	return bad ? -1 : 0;
 }
