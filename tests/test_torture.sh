@@ -6,9 +6,10 @@
 # every ~30 ms, with the janitor running (and killed too) and the store
 # resized (grown and shrunk) every ~0.7 s, every acknowledged write and
 # counter checked, no version handed out twice, and the histories of the
-# shared keys l:0..7 checked for linearizability (tests/lincheck.h). Under BUILD=tsan the same
-# workload runs as threads sharing one handle instead (TSan does not follow
-# across processes, and kills are not its business).
+# shared keys l:0..7 checked for linearizability (tests/lincheck.h).
+# Under BUILD=tsan the same workload runs as threads sharing one handle
+# instead (TSan does not follow across processes, and kills are not its
+# business).
 #
 #   BUILD_DIR=build/release bash tests/test_torture.sh
 #   TORTURE_SECONDS=3600 BUILD_DIR=build/release bash tests/test_torture.sh
