@@ -1245,6 +1245,7 @@ static int check_key(const struct lc_check_opts *o, struct hop *ops, size_t n,
 			/* shrink from up to CTX windows back (64 ops at most,
 			 * unless the failing window alone is longer) */
 			size_t c = nctx - 1;
+			const size_t wn = w.n;
 
 			while (c > 0 && nctx - c < CTX &&
 			       end - ctx_start[(c - 1) % CTX] <= 64)
@@ -1252,10 +1253,10 @@ static int check_key(const struct lc_check_opts *o, struct hop *ops, size_t n,
 			/* the failing window alone, from the states it may
 			 * start in; then with the windows before it, so the
 			 * writes behind those states show too */
-			report_window(o, &w, ops + start, w.n, w.n, &in, key);
+			report_window(o, &w, ops + start, wn, wn, &in, key);
 			if (c != nctx - 1)
 				report_window(o, &w, ops + ctx_start[c % CTX],
-					      end - ctx_start[c % CTX], w.n,
+					      end - ctx_start[c % CTX], wn,
 					      &ctx_in[c % CTX], key);
 			bad++;
 			break;
