@@ -64,7 +64,8 @@ static struct lc_op *slot_ops(const struct lc_log *log, unsigned slot)
 
 struct lc_log *lc_log_create(unsigned nslots, size_t cap)
 {
-	const size_t hdr = sizeof(struct lc_log) + nslots * sizeof(struct lc_slot);
+	const size_t hdr =
+		sizeof(struct lc_log) + nslots * sizeof(struct lc_slot);
 	const size_t len = ((hdr + 63) & ~(size_t)63) +
 			   (size_t)nslots * cap * sizeof(struct lc_op);
 	struct lc_log *log = mmap(NULL, len, PROT_READ | PROT_WRITE,
@@ -334,7 +335,8 @@ void lc_random_op(struct lc_op *o, uint64_t r1, uint64_t x, unsigned k,
 		o->kind = LC_GET;
 	} else if (r < 36) {
 		o->kind = LC_SET;
-		o->arg_ttl = (uint8_t)(x % 16 == 0 ? LC_TTL_PAST : pick_ttl(x >> 8));
+		o->arg_ttl =
+			(uint8_t)(x % 16 == 0 ? LC_TTL_PAST : pick_ttl(x >> 8));
 		if (x % 5 == 1 && o->arg_ttl != LC_TTL_PAST)
 			o->flags = LC_F_KEEPTTL;
 	} else if (r < 43) {
@@ -365,7 +367,11 @@ void lc_random_op(struct lc_op *o, uint64_t r1, uint64_t x, unsigned k,
 
 /* ---- the model of one key ----------------------------------------------- */
 
-enum { VK_EXACT = 0, VK_FRESH, VK_ANY };
+enum {
+	VK_EXACT = 0,
+	VK_FRESH,
+	VK_ANY
+};
 
 struct st {
 	uint64_t val; /* value id, or the counter's value */
@@ -385,9 +391,8 @@ static const struct st ABSENT;
 
 static bool st_eq(const struct st *a, const struct st *b)
 {
-	return a->exists == b->exists && a->val == b->val &&
-	       a->ver == b->ver && a->ctr == b->ctr &&
-	       a->doomed == b->doomed && a->vk == b->vk;
+	return a->exists == b->exists && a->val == b->val && a->ver == b->ver &&
+	       a->ctr == b->ctr && a->doomed == b->doomed && a->vk == b->vk;
 }
 
 static uint64_t mix64(uint64_t x)
@@ -620,7 +625,7 @@ static int step(const struct lc_check_opts *o, const struct st *s,
 
 struct ent {
 	uint64_t t;
-	int op;       /* index into the window */
+	int op; /* index into the window */
 	bool call;
 	struct ent *prev, *next, *match;
 };
@@ -753,8 +758,8 @@ static void win_build(struct win *w)
 		w->ents[2 * i] = (struct ent){ .t = w->ops[i].inv,
 					       .op = (int)i,
 					       .call = true };
-		w->ents[2 * i + 1] = (struct ent){ .t = w->ops[i].ret,
-						   .op = (int)i };
+		w->ents[2 * i + 1] =
+			(struct ent){ .t = w->ops[i].ret, .op = (int)i };
 	}
 	qsort(w->ents, 2 * w->n, sizeof(*w->ents), ent_cmp);
 	{
@@ -812,7 +817,10 @@ static void unlift(struct ent *call)
 		call->next->prev = call;
 }
 
-enum { S_DONE = 0, S_UNDECIDED = 1 };
+enum {
+	S_DONE = 0,
+	S_UNDECIDED = 1
+};
 
 /* Every state the window may end in from s0 goes into out (first_only:
  * stop at the first). */
@@ -842,9 +850,10 @@ static int search(struct win *w, const struct st *s0, struct stset *out,
 		if (e->call) {
 			nb = step(w->o, &s, h, succ);
 			for (; bi < nb; bi++)
-				if (memo_insert(&w->memo,
-						z1 ^ h->z1 ^ st_hash(&succ[bi], 1),
-						z2 ^ h->z2 ^ st_hash(&succ[bi], 2)))
+				if (memo_insert(
+					    &w->memo,
+					    z1 ^ h->z1 ^ st_hash(&succ[bi], 1),
+					    z2 ^ h->z2 ^ st_hash(&succ[bi], 2)))
 					break;
 			if (bi >= nb) {
 				e = e->next;
@@ -923,12 +932,18 @@ static void win_free(struct win *w)
 /* ---- describing --------------------------------------------------------- */
 
 static const char *const kind_names[LC_NKINDS] = {
-	[LC_GET] = "get",	  [LC_SET] = "set",
-	[LC_ADD] = "add",	  [LC_REPLACE] = "replace",
-	[LC_CAS] = "cas",	  [LC_DELETE] = "delete",
-	[LC_DELETE_CAS] = "delete_cas", [LC_EXPIRE] = "expire",
-	[LC_INCR] = "incr",	  [LC_CLEAR] = "clear",
-	[LC_RESIZE] = "resize",	  [LC_DEATH] = "death",
+	[LC_GET] = "get",
+	[LC_SET] = "set",
+	[LC_ADD] = "add",
+	[LC_REPLACE] = "replace",
+	[LC_CAS] = "cas",
+	[LC_DELETE] = "delete",
+	[LC_DELETE_CAS] = "delete_cas",
+	[LC_EXPIRE] = "expire",
+	[LC_INCR] = "incr",
+	[LC_CLEAR] = "clear",
+	[LC_RESIZE] = "resize",
+	[LC_DEATH] = "death",
 };
 
 static const char *const ttl_names[] = { "never", "1h", "1ms", "past" };
@@ -982,8 +997,9 @@ void lc_op_print(FILE *f, const struct lc_op *o, uint64_t t0,
 		return;
 	}
 	if (o->flags & LC_F_WEAK)
-		fprintf(f, " -> ? (weakened: may or may not have happened, "
-			   "any time after its call; it returned at %.3f ms:",
+		fprintf(f,
+			" -> ? (weakened: may or may not have happened, "
+			"any time after its call; it returned at %.3f ms:",
 			ms(o->t_return, t0));
 	if (o->res_err) {
 		fprintf(f, " -> %s%s", kvshm_strerror(o->res_err),
@@ -1092,10 +1108,11 @@ static void report_window(const struct lc_check_opts *o, struct win *scratch,
 		}
 	}
 	lc_key_name(kname, o->prefix, key);
-	fprintf(f, "lincheck: FAIL: key %s is not linearizable: a window of "
-		   "%zu operations has none; shrunk from the last %zu "
-		   "operations to a minimal non-linearizable sub-history of "
-		   "%zu (times in ms from the first), the key being ",
+	fprintf(f,
+		"lincheck: FAIL: key %s is not linearizable: a window of "
+		"%zu operations has none; shrunk from the last %zu "
+		"operations to a minimal non-linearizable sub-history of "
+		"%zu (times in ms from the first), the key being ",
 		kname, failing, n, m);
 	for (size_t i = 0; i < in->n; i++) {
 		fprintf(f, i ? " or " : "");
@@ -1177,7 +1194,8 @@ static size_t check_versions(const struct lc_check_opts *o,
 		}
 	}
 	if (bad > 3)
-		fprintf(f, "lincheck: FAIL: key %s: %zu more repeated versions\n",
+		fprintf(f,
+			"lincheck: FAIL: key %s: %zu more repeated versions\n",
 			kname, bad - 3);
 	free(v);
 	return bad;
@@ -1407,7 +1425,8 @@ int lc_check_log(const struct lc_log *log, const struct lc_check_opts *o,
 					last_pending = SIZE_MAX;
 					continue;
 				}
-				if (ops[i].key != k && ops[i].key != LC_ALL_KEYS)
+				if (ops[i].key != k &&
+				    ops[i].key != LC_ALL_KEYS)
 					continue;
 				death[m] = 0;
 				to_hop(&h[m], &ops[i]);

@@ -81,28 +81,28 @@ enum lc_ttl {
 /* lc_op.flags */
 enum {
 	LC_F_KEEPTTL = 1u << 0, /* writes: KVSHM_KEEPTTL */
-	LC_F_CTR = 1u << 1,     /* GET result: a counter (res_val is its value) */
-	LC_F_WEAK = 1u << 2,    /* shrinking: result unknown, may never happen */
+	LC_F_CTR = 1u << 1,  /* GET result: a counter (res_val is its value) */
+	LC_F_WEAK = 1u << 2, /* shrinking: result unknown, may never happen */
 };
 
-#define LC_ALL_KEYS 0xffffu /* lc_op.key of clear and resize */
+#define LC_ALL_KEYS 0xffffu   /* lc_op.key of clear and resize */
 #define LC_VAL_BAD UINT64_MAX /* res_val of a read whose bytes were wrong */
 
 /* One operation as recorded. t_return == 0: pending. */
 struct lc_op {
-	uint32_t pid;       /* the process that ran it (getpid()) */
-	uint16_t slot;      /* its log slot (one per process or thread) */
+	uint32_t pid;  /* the process that ran it (getpid()) */
+	uint16_t slot; /* its log slot (one per process or thread) */
 	uint16_t pad_;
-	uint64_t t_invoke;  /* CLOCK_MONOTONIC ns */
-	uint64_t t_return;  /* ns, 0 = no response; stored last (release) */
-	uint64_t arg_val;   /* value id written */
-	uint64_t arg_ver;   /* expected version (CAS, DELETE_CAS) */
-	int64_t arg_delta;  /* INCR */
-	uint64_t res_val;   /* value id read, or counter value */
-	uint64_t res_ver;   /* version returned (writes) or read (GET) */
-	int32_t res_err;    /* 0 or -errno */
-	uint16_t key;       /* key index, LC_ALL_KEYS for clear/resize */
-	uint8_t kind;       /* enum lc_kind */
+	uint64_t t_invoke;   /* CLOCK_MONOTONIC ns */
+	uint64_t t_return;   /* ns, 0 = no response; stored last (release) */
+	uint64_t arg_val;    /* value id written */
+	uint64_t arg_ver;    /* expected version (CAS, DELETE_CAS) */
+	int64_t arg_delta;   /* INCR */
+	uint64_t res_val;    /* value id read, or counter value */
+	uint64_t res_ver;    /* version returned (writes) or read (GET) */
+	int32_t res_err;     /* 0 or -errno */
+	uint16_t key;        /* key index, LC_ALL_KEYS for clear/resize */
+	uint8_t kind;        /* enum lc_kind */
 	uint8_t arg_ttl : 4; /* enum lc_ttl */
 	uint8_t flags : 4;   /* LC_F_* */
 };
@@ -171,8 +171,8 @@ void lc_random_op(struct lc_op *o, uint64_t r1, uint64_t r2, unsigned k,
 /* ---- checking ----------------------------------------------------------- */
 
 struct lc_check_opts {
-	bool evict;  /* an evicting store that is full: keys may vanish */
-	bool enospc; /* writes may fail with -ENOSPC (NOEVICT, full) */
+	bool evict;     /* an evicting store that is full: keys may vanish */
+	bool enospc;    /* writes may fail with -ENOSPC (NOEVICT, full) */
 	unsigned nkeys; /* key indexes 0..nkeys-1 */
 	size_t budget;  /* search configurations per window before giving up
 			   (0 = 4 million) */

@@ -37,8 +37,7 @@ static unsigned env_uint(const char *name, unsigned dflt)
 /* ---- the checker on hand-made histories --------------------------------- */
 
 /* A completed op of key 0 in slot, from inv to ret (us). */
-static struct lc_op op(unsigned kind, unsigned slot, uint64_t inv,
-		       uint64_t ret)
+static struct lc_op op(unsigned kind, unsigned slot, uint64_t inv, uint64_t ret)
 {
 	struct lc_op o = { .kind = (uint8_t)kind, .slot = (uint16_t)slot };
 
@@ -96,15 +95,20 @@ static struct lc_op global_(unsigned kind, unsigned slot, uint64_t inv,
 static int check(const struct lc_op *ops, size_t n, bool evict, bool enospc,
 		 struct lc_report *rep)
 {
-	struct lc_check_opts o = { .evict = evict, .enospc = enospc,
-				   .nkeys = 1, .out = stdout, .strict = true };
+	struct lc_check_opts o = { .evict = evict,
+				   .enospc = enospc,
+				   .nkeys = 1,
+				   .out = stdout,
+				   .strict = true };
 
 	return lc_check_ops(ops, n, 0, &o, rep);
 }
 
-#define CHECK(ops, ev, sp, rep) check(ops, sizeof(ops) / sizeof(ops[0]), ev, sp, rep)
+#define CHECK(ops, ev, sp, rep)                                                \
+	check(ops, sizeof(ops) / sizeof(ops[0]), ev, sp, rep)
 
-static void test_checker_accepts_concurrent_writes_read_in_either_order(void **state)
+static void
+test_checker_accepts_concurrent_writes_read_in_either_order(void **state)
 {
 	/* two overlapping sets; readers during them may see either, and
 	 * once one reader saw the second, the first is gone for good */
@@ -127,10 +131,8 @@ static void test_checker_rejects_a_stale_read(void **state)
 {
 	/* set 1, then set 2, then a read of 1: nothing else wrote 1 */
 	const struct lc_op h[] = {
-		set_(0, 0, 1, 1, 101),
-		get_(2, 2, 3, 1, 101),
-		set_(1, 4, 5, 2, 102),
-		get_(2, 6, 7, 2, 102),
+		set_(0, 0, 1, 1, 101), get_(2, 2, 3, 1, 101),
+		set_(1, 4, 5, 2, 102), get_(2, 6, 7, 2, 102),
 		get_(3, 8, 9, 1, 101),
 	};
 	struct lc_report rep;
@@ -141,7 +143,8 @@ static void test_checker_rejects_a_stale_read(void **state)
 	assert_int_equal(rep.failures, 1);
 }
 
-static void test_checker_rejects_a_cas_with_a_version_from_before_a_resize(void **state)
+static void
+test_checker_rejects_a_cas_with_a_version_from_before_a_resize(void **state)
 {
 	/* a resize gives every key a new version: a CAS with the one read
 	 * before it must fail (the bug fixed in 893e576) */
@@ -153,11 +156,9 @@ static void test_checker_rejects_a_cas_with_a_version_from_before_a_resize(void 
 	};
 	/* a version read after the resize may be used */
 	const struct lc_op good[] = {
-		set_(0, 0, 1, 1, 101),
-		global_(LC_RESIZE, 4, 2, 5),
+		set_(0, 0, 1, 1, 101),         global_(LC_RESIZE, 4, 2, 5),
 		get_(1, 3, 4, 1, 777), /* read during the resize: after it */
-		cas_(1, 6, 7, 2, 777, 103, 0),
-		get_(2, 8, 9, 2, 103),
+		cas_(1, 6, 7, 2, 777, 103, 0), get_(2, 8, 9, 2, 103),
 	};
 	struct lc_report rep;
 
@@ -183,7 +184,8 @@ static void test_checker_rejects_a_version_handed_out_twice(void **state)
 	assert_int_equal(rep.failures, 1);
 }
 
-static void test_checker_lets_a_pending_write_happen_or_not_but_once(void **state)
+static void
+test_checker_lets_a_pending_write_happen_or_not_but_once(void **state)
 {
 	struct lc_op seen[] = {
 		set_(0, 0, 0, 1, 0), /* pending: its process died */
@@ -192,9 +194,7 @@ static void test_checker_lets_a_pending_write_happen_or_not_but_once(void **stat
 		get_(1, 9, 10, 1, 55),
 	};
 	struct lc_op twice[] = {
-		set_(0, 0, 0, 1, 0),
-		get_(1, 5, 6, 1, 55),
-		set_(2, 7, 8, 2, 56),
+		set_(0, 0, 0, 1, 0), get_(1, 5, 6, 1, 55), set_(2, 7, 8, 2, 56),
 		get_(1, 9, 10, 1, 55), /* 1 again: it cannot land twice */
 	};
 	struct lc_report rep;
@@ -206,7 +206,8 @@ static void test_checker_lets_a_pending_write_happen_or_not_but_once(void **stat
 	assert_int_equal(CHECK(twice, false, false, &rep), -1);
 }
 
-static void test_checker_lets_keys_vanish_only_in_a_full_evicting_store(void **state)
+static void
+test_checker_lets_keys_vanish_only_in_a_full_evicting_store(void **state)
 {
 	const struct lc_op h[] = {
 		set_(0, 0, 1, 1, 101),
@@ -232,8 +233,8 @@ static void test_checker_lets_keys_vanish_only_in_a_full_evicting_store(void **s
 static void test_checker_models_counters_expiry_and_clear(void **state)
 {
 	struct lc_op h[] = {
-		op(LC_INCR, 0, 0, 1),  op(LC_INCR, 1, 2, 5),
-		op(LC_INCR, 2, 3, 4),  get_(0, 6, 7, 0, 0),
+		op(LC_INCR, 0, 0, 1),   op(LC_INCR, 1, 2, 5),
+		op(LC_INCR, 2, 3, 4),   get_(0, 6, 7, 0, 0),
 		op(LC_EXPIRE, 0, 8, 9), get_(1, 10, 11, 0, 0),
 		op(LC_INCR, 0, 12, 13), global_(LC_CLEAR, 3, 14, 15),
 		get_(1, 16, 17, 0, 0),
@@ -245,7 +246,7 @@ static void test_checker_models_counters_expiry_and_clear(void **state)
 	h[1].arg_delta = 1, h[1].res_val = 8; /* after the incr by 2 */
 	h[2].arg_delta = 2, h[2].res_val = 7;
 	h[3] = get_(0, 6, 7, 8, 900), h[3].flags = LC_F_CTR;
-	h[4].arg_ttl = LC_TTL_SHORT; /* may expire any moment */
+	h[4].arg_ttl = LC_TTL_SHORT;          /* may expire any moment */
 	h[6].arg_delta = 1, h[6].res_val = 1; /* expired: starts again */
 	assert_int_equal(CHECK(h, false, false, &rep), 0);
 	h[6].res_val = 9; /* as if not expired: but a read saw it gone */
@@ -255,11 +256,15 @@ static void test_checker_models_counters_expiry_and_clear(void **state)
 
 /* ---- the multi-process run ---------------------------------------------- */
 
-enum phase { PH_ROOM, PH_FULL_EVICT, PH_FULL_NOEVICT };
-
-static const char *const phase_names[] = {
-	"store with room", "full evicting store", "full NOEVICT store"
+enum phase {
+	PH_ROOM,
+	PH_FULL_EVICT,
+	PH_FULL_NOEVICT
 };
+
+static const char *const phase_names[] = { "store with room",
+					   "full evicting store",
+					   "full NOEVICT store" };
 
 struct run {
 	const char *name;
@@ -283,7 +288,8 @@ static void worker(void *p)
 	const struct warg *wa = p;
 	const struct run *a = wa->run;
 	struct kvshm *kv = a->kv;
-	uint64_t rng = 0x9e3779b97f4a7c15ull * (wa->id + 1) ^ (uint64_t)getpid();
+	uint64_t rng = 0x9e3779b97f4a7c15ull * (wa->id + 1) ^
+		       (uint64_t)getpid();
 	uint64_t last[NKEYS] = { 0 }, old[NKEYS] = { 0 };
 	const int64_t start = tu_mono_ms();
 	unsigned done = 0;
@@ -291,8 +297,11 @@ static void worker(void *p)
 
 	if (wa->id % 2)
 		CHILD_ASSERT_RC(kvshm_open(a->name, NULL, &kv), 0);
-	c = (struct lc_ctx){ .kv = kv, .log = a->log, .slot = wa->id,
-			     .prefix = "lc:", .minlen = a->minlen };
+	c = (struct lc_ctx){ .kv = kv,
+			     .log = a->log,
+			     .slot = wa->id,
+			     .prefix = "lc:",
+			     .minlen = a->minlen };
 	tu_barrier_wait((struct tu_barrier *)&a->bar);
 	while (done < a->ops) {
 		const int64_t now = tu_mono_ms();
@@ -310,13 +319,14 @@ static void worker(void *p)
 			nanosleep(&ts, NULL);
 			continue;
 		}
-		lc_random_op(&o, tu_rand(&rng), tu_rand(&rng), k, last[k], old[k]);
+		lc_random_op(&o, tu_rand(&rng), tu_rand(&rng), k, last[k],
+			     old[k]);
 		if (lc_run(&c, &o, NULL) == -EOVERFLOW)
 			break;
 		done++;
-		if (o.res_err == 0 && (o.kind == LC_GET || o.kind == LC_SET ||
-				       o.kind == LC_ADD || o.kind == LC_REPLACE ||
-				       o.kind == LC_CAS) &&
+		if (o.res_err == 0 &&
+		    (o.kind == LC_GET || o.kind == LC_SET || o.kind == LC_ADD ||
+		     o.kind == LC_REPLACE || o.kind == LC_CAS) &&
 		    o.res_ver != last[k]) {
 			old[k] = last[k] ? last[k] : o.res_ver;
 			last[k] = o.res_ver;
@@ -354,8 +364,8 @@ static void run_phase(struct tu_fx *fx, enum phase ph, struct lc_report *all)
 {
 	const unsigned secs = env_uint("KVSHM_LIN_SECONDS", 2);
 	const uint64_t small = ph == PH_ROOM ? 8 * TU_MIB : 1 * TU_MIB;
-	struct kvshm_options o = tu_opts(ph == PH_FULL_NOEVICT ? KVSHM_NOEVICT : 0,
-					 small);
+	struct kvshm_options o =
+		tu_opts(ph == PH_FULL_NOEVICT ? KVSHM_NOEVICT : 0, small);
 	struct lc_check_opts co = { .evict = ph == PH_FULL_EVICT,
 				    .enospc = ph == PH_FULL_NOEVICT,
 				    .nkeys = NKEYS,
@@ -373,7 +383,8 @@ static void run_phase(struct tu_fx *fx, enum phase ph, struct lc_report *all)
 	int rc;
 
 	a->kv = tu_create(fx, &o, &a->name);
-	a->log = lc_log_create(NPROC + 1, env_uint("KVSHM_LIN_OPS", 40000) + 16);
+	a->log =
+		lc_log_create(NPROC + 1, env_uint("KVSHM_LIN_OPS", 40000) + 16);
 	assert_non_null(a->log);
 	a->ph = ph;
 	a->ops = env_uint("KVSHM_LIN_OPS", 40000);
@@ -388,8 +399,9 @@ static void run_phase(struct tu_fx *fx, enum phase ph, struct lc_report *all)
 	if (ph != PH_ROOM)
 		kids[nkids++] = tu_spawn(fx, filler, a);
 	tu_barrier_release(&a->bar);
-	pc = (struct lc_ctx){ .kv = a->kv, .log = a->log, .slot = NPROC,
-			      .name = a->name };
+	pc = (struct lc_ctx){
+		.kv = a->kv, .log = a->log, .slot = NPROC, .name = a->name
+	};
 	/* the parent: a resize (grow or shrink) or a clear every 20-150 ms */
 	while (tu_mono_ms() < a->end_ms) {
 		struct lc_op g = { .key = LC_ALL_KEYS };
@@ -452,8 +464,9 @@ static void racer(void *p)
 {
 	const struct race_arg *ra = p;
 	struct race *r = ra->r;
-	struct lc_ctx c = { .kv = r->kv, .log = r->log, .slot = ra->id,
-			    .prefix = "lc:" };
+	struct lc_ctx c = {
+		.kv = r->kv, .log = r->log, .slot = ra->id, .prefix = "lc:"
+	};
 
 	for (unsigned n = 1; n <= r->rounds; n++) {
 		struct lc_op o = { .kind = LC_INCR, .arg_delta = ra->id + 1 };
@@ -480,8 +493,9 @@ static void test_incr_that_creates_a_counter_returns_its_own_delta(void **state)
 {
 	struct tu_fx *fx = tu_fx(state);
 	struct kvshm_options o = tu_opts(0, 4 * TU_MIB);
-	struct lc_check_opts co = { .nkeys = 1, .out = stdout, .prefix = "lc:",
-				    .strict = true };
+	struct lc_check_opts co = {
+		.nkeys = 1, .out = stdout, .prefix = "lc:", .strict = true
+	};
 	struct race *r;
 	struct race_arg ra[2];
 	struct lc_report rep;
@@ -512,7 +526,8 @@ static void test_incr_that_creates_a_counter_returns_its_own_delta(void **state)
 	assert_int_equal(rc, 0);
 }
 
-static void test_processes_with_resizes_and_clears_are_linearizable(void **state)
+static void
+test_processes_with_resizes_and_clears_are_linearizable(void **state)
 {
 	struct lc_report all = { 0 };
 

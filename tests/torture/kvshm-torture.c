@@ -76,9 +76,9 @@
 #define CHECK_SAMPLE 400u /* owned keys sampled per periodic check */
 #define VAL_MAX 256u
 #define KEY_MAX 48u
-#define NLIN 8u           /* shared keys "l:0".."l:7" whose histories are checked */
-#define LIN_CAP 250000u   /* recorded ops per worker (then no more lin ops) */
-#define VER_CAP 1000000u  /* versions recorded per worker */
+#define NLIN 8u /* shared keys "l:0".."l:7" whose histories are checked */
+#define LIN_CAP 250000u  /* recorded ops per worker (then no more lin ops) */
+#define VER_CAP 1000000u /* versions recorded per worker */
 
 /* key ledger words: seq << 2 | state */
 enum {
@@ -147,16 +147,16 @@ struct worker_led {
 	_Atomic uint64_t verified; /* reads compared against the ledger */
 	struct ctr_led shared[NSHARED];
 	struct ctr_led cas;
-	struct ctr_led own; /* exact: only this worker writes c:w */
+	struct ctr_led own;   /* exact: only this worker writes c:w */
 	struct ver_rec *vers; /* VER_CAP, in a shared mapping of its own */
 };
 
 /* The whole shared mapping: header, then workers, then keys. */
 struct ledger {
 	_Atomic uint64_t failures;
-	_Atomic uint32_t stop; /* threads mode: workers return */
+	_Atomic uint32_t stop;       /* threads mode: workers return */
 	_Atomic uint64_t resize_gen; /* odd while the parent resizes */
-	uint64_t t0_ms, t1_ms; /* the run's start and end (monotonic), set
+	uint64_t t0_ms, t1_ms;       /* the run's start and end (monotonic), set
 				  before the first worker starts */
 	uint32_t nworkers;
 	uint32_t keys_per_worker;
@@ -523,8 +523,8 @@ static void record_version(struct worker *wk, struct key_led *kl, uint64_t ver)
 	 * with the run, so that a repeat shows whenever it happens */
 	if ((kl - L->keys) % 4 || !paced(n, VER_CAP))
 		return;
-	wk->wl->vers[n] = (struct ver_rec){ .ver = ver,
-					    .key = (uint32_t)(kl - L->keys) };
+	wk->wl->vers[n] =
+		(struct ver_rec){ .ver = ver, .key = (uint32_t)(kl - L->keys) };
 	/* release: the record is written before it counts */
 	atomic_store_explicit(&wk->wl->nvers, n + 1, memory_order_release);
 }
@@ -595,8 +595,7 @@ static int op_write(struct worker *wk, struct key_led *kl, const char *key,
 	if (err == 0) {
 		record_version(wk, kl, ver);
 		key_ack(wk, kl, seq << 2 | ST_PRESENT);
-	}
-	else
+	} else
 		atomic_store_explicit(&kl->inflight, 0, memory_order_release);
 	return 0;
 }
@@ -758,8 +757,9 @@ static int op_ttl_key(struct worker *wk)
 static int op_lin(struct worker *wk)
 {
 	const unsigned k = rnd_below(&wk->rng, NLIN);
-	struct lc_ctx c = { .kv = wk->kv, .log = LOG, .slot = wk->id,
-			    .prefix = "l:" };
+	struct lc_ctx c = {
+		.kv = wk->kv, .log = LOG, .slot = wk->id, .prefix = "l:"
+	};
 	struct lc_op o;
 	uint64_t r1 = rnd(&wk->rng), r2 = rnd(&wk->rng);
 
@@ -1283,8 +1283,7 @@ struct run_stats {
 static int resize_store(uint64_t *rng, struct run_stats *rs)
 {
 	struct kvshm_options o = KVSHM_OPTIONS_INIT;
-	struct lc_ctx c = { .log = LOG, .slot = L->nworkers,
-			    .name = cfg.name };
+	struct lc_ctx c = { .log = LOG, .slot = L->nworkers, .name = cfg.name };
 	struct lc_op g = { .kind = LC_RESIZE, .key = LC_ALL_KEYS };
 	uint64_t t0 = mono_ms();
 	int err;
@@ -1699,10 +1698,12 @@ static int check_owned_versions(uint64_t *n)
 	}
 	qsort(all, total, sizeof(*all), ver_cmp);
 	for (size_t i = 1; i < total; i++) {
-		if (all[i].key != all[i - 1].key || all[i].ver != all[i - 1].ver)
+		if (all[i].key != all[i - 1].key ||
+		    all[i].ver != all[i - 1].ver)
 			continue;
 		if (dups++ < 5)
-			fail("version %#" PRIx64 " was handed out to two writes "
+			fail("version %#" PRIx64
+			     " was handed out to two writes "
 			     "of k:%u:%u",
 			     all[i].ver, all[i].key / L->keys_per_worker,
 			     all[i].key % L->keys_per_worker);
