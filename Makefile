@@ -263,9 +263,12 @@ $(BENCH_TESTLIB_BINS): $(O)/bench/%: $(O)/bench/%.o $(TEST_LIB)
 	$(call msg,LD,$@)
 	$(Q)$(CC) $(ALL_LDFLAGS) -o $@ $< $(TEST_LIB) $(LDLIBS)
 
-$(TORTURE_BINS): $(O)/torture/%: $(O)/torture/%.o $(TEST_LIB)
+# ... and the history recorder and linearizability checker of the tests.
+$(TORTURE_BINS): $(O)/torture/%: $(O)/torture/%.o $(O)/tests/lincheck.o \
+		$(TEST_LIB)
 	$(call msg,LD,$@)
-	$(Q)$(CC) $(ALL_LDFLAGS) -o $@ $< $(TEST_LIB) $(LDLIBS)
+	$(Q)$(CC) $(ALL_LDFLAGS) -o $@ $< $(O)/tests/lincheck.o $(TEST_LIB) \
+		$(LDLIBS)
 
 $(EXAMPLE_BINS): $(O)/examples/%: $(O)/examples/%.o $(STATIC_LIB)
 	$(call msg,LD,$@)

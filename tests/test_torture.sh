@@ -3,10 +3,13 @@
 #
 # test_torture.sh - the short version of the kill -9 soak
 # (tests/torture/kvshm-torture.c): worker processes SIGKILLed and respawned
-# every ~30 ms, with the janitor running (and killed too), every
-# acknowledged write and counter checked. Under BUILD=tsan the same
-# workload runs as threads sharing one handle instead (TSan does not follow
-# across processes, and kills are not its business).
+# every ~30 ms, with the janitor running (and killed too) and the store
+# resized (grown and shrunk) every ~0.7 s, every acknowledged write and
+# counter checked, no version handed out twice, and the histories of the
+# shared keys l:0..7 checked for linearizability (tests/lincheck.h).
+# Under BUILD=tsan the same workload runs as threads sharing one handle
+# instead (TSan does not follow across processes, and kills are not its
+# business).
 #
 #   BUILD_DIR=build/release bash tests/test_torture.sh
 #   TORTURE_SECONDS=3600 BUILD_DIR=build/release bash tests/test_torture.sh
@@ -40,6 +43,19 @@ soak()
 		ok "$name"
 	else
 		bad "$name" "exit status $rc"
+	fi
+	# the histories of the shared keys were recorded and checked, and
+	# the store was resized under the workers
+	if printf '%s\n' "$out" |
+		grep -Eq '^torture: lincheck: [1-9][0-9]* histories checked, [1-9][0-9]* ops'; then
+		ok "$name: histories checked for linearizability"
+	else
+		bad "$name: histories checked for linearizability"
+	fi
+	if printf '%s\n' "$out" | grep -Eq '^torture: [1-9][0-9]* resizes'; then
+		ok "$name: the store was resized during the soak"
+	else
+		bad "$name: the store was resized during the soak"
 	fi
 	[ ! -e /dev/shm/"$S.$name" ] || bad "$name: store unlinked" \
 		"/dev/shm/$S.$name is still there"

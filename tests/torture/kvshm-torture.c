@@ -48,6 +48,8 @@
  */
 #include <kvshm.h>
 
+#include "../lincheck.h"
+
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -74,6 +76,9 @@
 #define CHECK_SAMPLE 400u /* owned keys sampled per periodic check */
 #define VAL_MAX 256u
 #define KEY_MAX 48u
+#define NLIN 8u /* shared keys "l:0".."l:7" whose histories are checked */
+#define LIN_CAP 250000u  /* recorded ops per worker (then no more lin ops) */
+#define VER_CAP 1000000u /* versions recorded per worker */
 
 /* key ledger words: seq << 2 | state */
 enum {
@@ -96,6 +101,7 @@ enum op {
 	OP_OWN_INCR,
 	OP_CAS_CTR,
 	OP_TTL_KEY,
+	OP_LIN,
 	OP_NOPS
 };
 
@@ -112,6 +118,7 @@ static const char *const op_names[OP_NOPS] = {
 	"incr (own counter)",
 	"cas (shared cas counter)",
 	"short-TTL key op",
+	"op on a shared checked key",
 };
 
 struct key_led {
@@ -125,20 +132,32 @@ struct ctr_led {
 	_Atomic uint64_t inflight; /* 0 or 1 */
 };
 
+/* One version a write of an owned key returned. */
+struct ver_rec {
+	uint64_t ver;
+	uint32_t key; /* index among all owned keys */
+	uint32_t pad;
+};
+
 struct worker_led {
 	_Atomic uint64_t seq;      /* last seq handed out; only grows */
+	_Atomic uint64_t nvers;    /* ver_rec used in this worker's log */
 	_Atomic uint64_t hb;       /* monotonic ms of op start << 8 | op */
 	_Atomic uint64_t ops;      /* operations acknowledged */
 	_Atomic uint64_t verified; /* reads compared against the ledger */
 	struct ctr_led shared[NSHARED];
 	struct ctr_led cas;
-	struct ctr_led own; /* exact: only this worker writes c:w */
+	struct ctr_led own;   /* exact: only this worker writes c:w */
+	struct ver_rec *vers; /* VER_CAP, in a shared mapping of its own */
 };
 
 /* The whole shared mapping: header, then workers, then keys. */
 struct ledger {
 	_Atomic uint64_t failures;
-	_Atomic uint32_t stop; /* threads mode: workers return */
+	_Atomic uint32_t stop;       /* threads mode: workers return */
+	_Atomic uint64_t resize_gen; /* odd while the parent resizes */
+	uint64_t t0_ms, t1_ms;       /* the run's start and end (monotonic), set
+				  before the first worker starts */
 	uint32_t nworkers;
 	uint32_t keys_per_worker;
 	struct worker_led w[MAX_WORKERS];
@@ -151,6 +170,7 @@ struct config {
 	unsigned keys;
 	unsigned arena_mib;
 	unsigned kill_ms;
+	unsigned resize_ms;
 	const char *janitor;
 	uint64_t seed;
 	bool threads;
@@ -164,10 +184,13 @@ struct worker {
 	struct key_led *keys;
 	unsigned id;
 	uint64_t rng;
+	uint64_t lin_last[NLIN], lin_old[NLIN]; /* versions seen of l:k */
 };
 
 static struct config cfg;
 static struct ledger *L;
+static struct lc_log *LOG; /* histories of the l:k keys; slot nworkers is
+			      the parent's (resizes) */
 static volatile sig_atomic_t interrupted;
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -472,6 +495,54 @@ static int op_get(struct worker *wk, struct key_led *kl, const char *key)
 	return 0;
 }
 
+/* May a log of cap records that holds used take one more now? Yes while
+ * it is no fuller than the run is old, so records spread over the run. */
+static bool paced(size_t used, size_t cap)
+{
+	const uint64_t now = mono_ms();
+	const uint64_t len = L->t1_ms > L->t0_ms ? L->t1_ms - L->t0_ms : 1;
+
+	if (used >= cap)
+		return false;
+	if (now >= L->t1_ms)
+		return true;
+	return (double)used / (double)cap <=
+	       (double)(now - L->t0_ms) / (double)len;
+}
+
+/* Note the version a write of an owned key returned, for the final check
+ * that no version was handed out twice for one key (a kill between the
+ * write and this loses the record, never makes a false one). */
+static void record_version(struct worker *wk, struct key_led *kl, uint64_t ver)
+{
+	/* relaxed: only this worker (or its successor, after waitpid) and
+	 * the final check (after every worker was reaped) use it */
+	uint64_t n = atomic_load_explicit(&wk->wl->nvers, memory_order_relaxed);
+
+	/* every write of one owned key in 4, as long as the log keeps up
+	 * with the run, so that a repeat shows whenever it happens */
+	if ((kl - L->keys) % 4 || !paced(n, VER_CAP))
+		return;
+	wk->wl->vers[n] =
+		(struct ver_rec){ .ver = ver, .key = (uint32_t)(kl - L->keys) };
+	/* release: the record is written before it counts */
+	atomic_store_explicit(&wk->wl->nvers, n + 1, memory_order_release);
+}
+
+/* The parent's resize generation (odd while a resize runs). */
+static uint64_t resize_gen(void)
+{
+	/* acquire: pairs with resize_store()'s release increments */
+	return atomic_load_explicit(&L->resize_gen, memory_order_acquire);
+}
+
+/* Was a resize running at gen, or did one start since? Then a version
+ * read at gen may be gone (-ESTALE), as kvshm_resize() promises. */
+static bool resized_since(uint64_t gen)
+{
+	return (gen & 1) || resize_gen() != gen;
+}
+
 /* set, add or (mode KVSHM_CAS) cas a new value of an owned key */
 static int op_write(struct worker *wk, struct key_led *kl, const char *key,
 		    enum op op)
@@ -482,6 +553,7 @@ static int op_write(struct worker *wk, struct key_led *kl, const char *key,
 	uint64_t seq = next_seq(wk);
 	char val[VAL_MAX];
 	size_t vlen = make_value(val, key, seq);
+	uint64_t ver = 0, gen = resize_gen();
 	int expected = 0, err;
 
 	if (op == OP_ADD) {
@@ -515,12 +587,15 @@ static int op_write(struct worker *wk, struct key_led *kl, const char *key,
 		expected = present ? 0 : -ENOENT;
 	}
 	key_begin(kl, seq, ST_PRESENT);
-	err = kvshm_put(wk->kv, key, strlen(key), val, vlen, &w, NULL);
+	err = kvshm_put(wk->kv, key, strlen(key), val, vlen, &w, &ver);
+	if (err == -ESTALE && op == OP_CAS && resized_since(gen))
+		expected = -ESTALE; /* a resize gave the key a new version */
 	if (err != expected)
 		return bad_result(wk, op_names[op], err, expected, key);
-	if (err == 0)
+	if (err == 0) {
+		record_version(wk, kl, ver);
 		key_ack(wk, kl, seq << 2 | ST_PRESENT);
-	else
+	} else
 		atomic_store_explicit(&kl->inflight, 0, memory_order_release);
 	return 0;
 }
@@ -530,7 +605,8 @@ static int op_delete(struct worker *wk, struct key_led *kl, const char *key)
 	uint64_t acked = atomic_load_explicit(&kl->acked, memory_order_relaxed);
 	bool present = (acked & 3u) == ST_PRESENT;
 	int expected = present ? 0 : -ENOENT, err;
-	uint64_t seq = next_seq(wk);
+	uint64_t seq = next_seq(wk), gen = resize_gen();
+	bool by_cas = false;
 
 	key_begin(kl, seq, ST_DELETED);
 	if (present && rnd_below(&wk->rng, 2)) {
@@ -543,8 +619,14 @@ static int op_delete(struct worker *wk, struct key_led *kl, const char *key)
 			return bad_result(wk, "get_ex before delete_cas", err,
 					  0, key);
 		err = kvshm_delete_cas(wk->kv, key, strlen(key), it.cas);
+		by_cas = true;
 	} else {
 		err = kvshm_delete(wk->kv, key, strlen(key));
+	}
+	if (err == -ESTALE && by_cas && resized_since(gen)) {
+		/* a resize gave the key a new version: nothing deleted */
+		atomic_store_explicit(&kl->inflight, 0, memory_order_release);
+		return 0;
 	}
 	if (err != expected)
 		return bad_result(wk, "delete", err, expected, key);
@@ -670,6 +752,30 @@ static int op_ttl_key(struct worker *wk)
 	return 0;
 }
 
+/* A random op on a shared key l:k, recorded for the linearizability
+ * check after the run (which judges its result, not this). */
+static int op_lin(struct worker *wk)
+{
+	const unsigned k = rnd_below(&wk->rng, NLIN);
+	struct lc_ctx c = {
+		.kv = wk->kv, .log = LOG, .slot = wk->id, .prefix = "l:"
+	};
+	struct lc_op o;
+	uint64_t r1 = rnd(&wk->rng), r2 = rnd(&wk->rng);
+
+	lc_random_op(&o, r1, r2, k, wk->lin_last[k], wk->lin_old[k]);
+	if (lc_run(&c, &o, NULL) == -EOVERFLOW)
+		return 0;
+	if (o.res_err == 0 && o.kind != LC_INCR && o.kind != LC_DELETE &&
+	    o.kind != LC_DELETE_CAS && o.kind != LC_EXPIRE &&
+	    o.res_ver != wk->lin_last[k]) {
+		wk->lin_old[k] = wk->lin_last[k] ? wk->lin_last[k] : o.res_ver;
+		wk->lin_last[k] = o.res_ver;
+	}
+	atomic_fetch_add_explicit(&wk->wl->ops, 1, memory_order_relaxed);
+	return 0;
+}
+
 static int one_op(struct worker *wk)
 {
 	unsigned r = rnd_below(&wk->rng, 100);
@@ -679,6 +785,11 @@ static int one_op(struct worker *wk)
 	enum op op;
 
 	key_name(key, "k", wk->id, i);
+	if (rnd_below(&wk->rng, 8) == 0 &&
+	    paced(lc_log_count(LOG, wk->id), LIN_CAP)) {
+		heartbeat(wk->wl, OP_LIN);
+		return op_lin(wk);
+	}
 	op = r < 24 ? OP_GET :
 	     r < 42 ? OP_SET :
 	     r < 49 ? OP_ADD :
@@ -1161,8 +1272,54 @@ struct run_stats {
 	uint64_t worker_kills;
 	uint64_t janitor_kills;
 	uint64_t checks;
+	uint64_t resizes;        /* done */
+	uint64_t resize_refused; /* -ENOSPC: the items did not fit */
 	struct tally t;
 };
+
+/* Resize the store to between --arena and 1.5 times it (so a resize
+ * grows or shrinks it), recorded in the parent's slot of the histories
+ * as an operation on every checked key. */
+static int resize_store(uint64_t *rng, struct run_stats *rs)
+{
+	struct kvshm_options o = KVSHM_OPTIONS_INIT;
+	struct lc_ctx c = { .log = LOG, .slot = L->nworkers, .name = cfg.name };
+	struct lc_op g = { .kind = LC_RESIZE, .key = LC_ALL_KEYS };
+	uint64_t t0 = mono_ms();
+	int err;
+
+	o.arena_bytes = ((uint64_t)cfg.arena_mib << 20) +
+			((uint64_t)rnd_below(rng, cfg.arena_mib + 1) << 19);
+	/* release: a worker that loads the new value (acquire) knows a
+	 * resize may have given its key a new version */
+	atomic_fetch_add_explicit(&L->resize_gen, 1, memory_order_release);
+	alarm(10);
+	err = lc_run(&c, &g, &o);
+	if (err == -EOVERFLOW)
+		err = kvshm_resize(cfg.name, &o); /* log full: resize anyway */
+	alarm(0);
+	atomic_fetch_add_explicit(&L->resize_gen, 1, memory_order_release);
+	if (err == -ENOSPC) {
+		rs->resize_refused++;
+	} else if (err) {
+		fail("kvshm_resize to %" PRIu64 " bytes: %s", o.arena_bytes,
+		     kvshm_strerror(err));
+		return -1;
+	} else {
+		rs->resizes++;
+	}
+	if (mono_ms() - t0 > HANG_MS) {
+		fail("hang: a resize took %" PRIu64 " ms", mono_ms() - t0);
+		return -1;
+	}
+	return 0;
+}
+
+static uint64_t next_resize_at(uint64_t now, uint64_t *rng)
+{
+	return cfg.resize_ms ? now + 1 + rnd_below(rng, 2 * cfg.resize_ms) :
+			       UINT64_MAX;
+}
 
 static int kill_one(struct kvshm *kv, uint64_t *rng, struct run_stats *rs)
 {
@@ -1186,6 +1343,7 @@ static int kill_one(struct kvshm *kv, uint64_t *rng, struct run_stats *rs)
 	}
 	if (kill_and_reap(workers[w].pid, "worker"))
 		return -1;
+	lc_death(LOG, w); /* its op in flight, if any, is pending */
 	workers[w].pid = 0;
 	rs->worker_kills++;
 	return spawn_worker(kv, w);
@@ -1198,12 +1356,20 @@ static int soak_loop(struct kvshm *kv, uint64_t *rng, struct run_stats *rs)
 				     now + rnd_below(rng, 2 * cfg.kill_ms + 1) :
 				     UINT64_MAX;
 	uint64_t next_check = now + CHECK_EVERY_MS;
+	uint64_t next_resize = next_resize_at(now, rng);
 
 	while ((now = mono_ms()) < end && !interrupted) {
 		uint64_t until = end;
 
 		if (reap_unexpected() || watchdog())
 			return -1;
+		if (now >= next_resize) {
+			if (resize_store(rng, rs))
+				return -1;
+			next_resize = next_resize_at(mono_ms(), rng);
+		}
+		if (next_resize < until)
+			until = next_resize;
 		if (now >= next_kill) {
 			if (kill_one(kv, rng, rs))
 				return -1;
@@ -1238,6 +1404,7 @@ static int stop_all(void)
 		if (workers[w].pid) {
 			if (kill_and_reap(workers[w].pid, "worker"))
 				err = -1;
+			lc_death(LOG, w);
 			workers[w].pid = 0;
 		}
 	if (janitor.pid) {
@@ -1289,6 +1456,7 @@ static int threads_loop(struct kvshm *kv, uint64_t *rng, struct run_stats *rs)
 	struct thread_arg args[MAX_WORKERS];
 	uint64_t now = mono_ms(), end = now + (uint64_t)cfg.seconds * 1000u;
 	uint64_t next_check = now + CHECK_EVERY_MS;
+	uint64_t next_resize = next_resize_at(now, rng);
 	unsigned started = 0;
 	int err = 0;
 
@@ -1310,6 +1478,10 @@ static int threads_loop(struct kvshm *kv, uint64_t *rng, struct run_stats *rs)
 			err = timed_check(kv, rng, &rs->t);
 			rs->checks++;
 			next_check = mono_ms() + CHECK_EVERY_MS;
+		}
+		if (!err && now >= next_resize) {
+			err = resize_store(rng, rs);
+			next_resize = next_resize_at(mono_ms(), rng);
 		}
 		sleep_ms(20);
 	}
@@ -1344,6 +1516,10 @@ static void usage(FILE *f)
 		"never evicts)\n"
 		"  --kill-ms MS    mean interval between kills (default 30; "
 		"0 = no kills)\n"
+		"  --resize-ms MS  mean interval between resizes of the "
+		"store, to between\n"
+		"                  --arena and 1.5 times it (default 700; 0 = "
+		"none)\n"
 		"  --janitor PATH  also run (and kill) PATH run NAME "
 		"--interval 50\n"
 		"  --seed N        random seed (default: time and pid)\n"
@@ -1376,6 +1552,7 @@ static int parse_args(int argc, char **argv)
 		{ "keys", required_argument, NULL, 'k' },
 		{ "arena", required_argument, NULL, 'a' },
 		{ "kill-ms", required_argument, NULL, 'm' },
+		{ "resize-ms", required_argument, NULL, 'r' },
 		{ "janitor", required_argument, NULL, 'j' },
 		{ "seed", required_argument, NULL, 'S' },
 		{ "threads", no_argument, NULL, 't' },
@@ -1390,7 +1567,8 @@ static int parse_args(int argc, char **argv)
 			       .seconds = 60,
 			       .keys = 2000,
 			       .arena_mib = 32,
-			       .kill_ms = 30 };
+			       .kill_ms = 30,
+			       .resize_ms = 700 };
 	cfg.seed = (uint64_t)time(NULL) * 1000003u ^ (uint64_t)getpid();
 	snprintf(cfg.name, sizeof(cfg.name), "kvtorture.%ld", (long)getpid());
 	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -1416,6 +1594,10 @@ static int parse_args(int argc, char **argv)
 		case 'm':
 			ok = parse_uint(optarg, 3600000u, &v);
 			cfg.kill_ms = (unsigned)v;
+			break;
+		case 'r':
+			ok = parse_uint(optarg, 3600000u, &v);
+			cfg.resize_ms = (unsigned)v;
 			break;
 		case 'j':
 			cfg.janitor = optarg;
@@ -1468,11 +1650,88 @@ static struct ledger *map_ledger(void)
 	struct ledger *l = mmap(NULL, len, PROT_READ | PROT_WRITE,
 				MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 
+	struct ver_rec *v;
+
 	if (l == MAP_FAILED)
 		return NULL;
 	l->nworkers = cfg.workers;
 	l->keys_per_worker = per;
+	v = mmap(NULL, (size_t)cfg.workers * VER_CAP * sizeof(*v),
+		 PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (v == MAP_FAILED)
+		return NULL;
+	for (unsigned w = 0; w < cfg.workers; w++)
+		l->w[w].vers = v + (size_t)w * VER_CAP;
 	return l; /* zero-filled: every key never written, nothing in flight */
+}
+
+static int ver_cmp(const void *pa, const void *pb)
+{
+	const struct ver_rec *a = pa, *b = pb;
+
+	if (a->key != b->key)
+		return a->key < b->key ? -1 : 1;
+	return a->ver < b->ver ? -1 : a->ver > b->ver;
+}
+
+/* No version was handed out to two writes of one owned key (each record
+ * is one acknowledged write). *n gets the number of versions compared. */
+static int check_owned_versions(uint64_t *n)
+{
+	size_t total = 0, k = 0, dups = 0;
+	struct ver_rec *all;
+
+	for (unsigned w = 0; w < L->nworkers; w++)
+		total += atomic_load_explicit(&L->w[w].nvers,
+					      memory_order_acquire);
+	all = malloc((total + 1) * sizeof(*all));
+	if (!all) {
+		fail("out of memory for %zu versions", total);
+		return -1;
+	}
+	for (unsigned w = 0; w < L->nworkers; w++) {
+		size_t c = atomic_load_explicit(&L->w[w].nvers,
+						memory_order_acquire);
+
+		memcpy(all + k, L->w[w].vers, c * sizeof(*all));
+		k += c;
+	}
+	qsort(all, total, sizeof(*all), ver_cmp);
+	for (size_t i = 1; i < total; i++) {
+		if (all[i].key != all[i - 1].key ||
+		    all[i].ver != all[i - 1].ver)
+			continue;
+		if (dups++ < 5)
+			fail("version %#" PRIx64
+			     " was handed out to two writes "
+			     "of k:%u:%u",
+			     all[i].ver, all[i].key / L->keys_per_worker,
+			     all[i].key % L->keys_per_worker);
+	}
+	if (dups > 5)
+		fail("... %zu repeated versions in all", dups);
+	free(all);
+	*n = total;
+	return dups ? -1 : 0;
+}
+
+/* Every checked key's history against the model (lincheck.h). */
+static int check_histories(struct lc_report *rep)
+{
+	const char *strict = getenv("KVSHM_LIN_STRICT");
+	struct lc_check_opts o = { .enospc = true, /* KVSHM_NOEVICT */
+				   .strict = strict && *strict == '1',
+				   .nkeys = NLIN,
+				   .out = stderr,
+				   .prefix = "l:" };
+
+	if (lc_check_log(LOG, &o, rep)) {
+		fail("%zu of %zu histories are not linearizable or repeat a "
+		     "version (above)",
+		     rep->failures, rep->histories);
+		return -1;
+	}
+	return 0;
 }
 
 static void install_signals(void)
@@ -1487,6 +1746,8 @@ static void install_signals(void)
 
 static int run(struct kvshm *kv, struct run_stats *rs, uint64_t *rng)
 {
+	L->t0_ms = mono_ms();
+	L->t1_ms = L->t0_ms + (uint64_t)cfg.seconds * 1000u;
 	if (cfg.janitor && spawn_janitor())
 		return -1;
 	if (cfg.threads)
@@ -1498,7 +1759,7 @@ static int run(struct kvshm *kv, struct run_stats *rs, uint64_t *rng)
 }
 
 static void summary(const struct run_stats *rs, const struct kvshm_stats *st,
-		    uint64_t ms)
+		    uint64_t ms, const struct lc_report *lr, uint64_t nvers)
 {
 	uint64_t ops = 0, verified = rs->t.verified;
 
@@ -1516,6 +1777,15 @@ static void summary(const struct run_stats *rs, const struct kvshm_stats *st,
 	       cfg.threads ? "threads" : "processes", cfg.seed,
 	       (double)ms / 1000, ops, rs->checks, rs->t.skipped, st->evictions,
 	       st->expired, st->segments_reclaimed);
+	printf("torture: %" PRIu64 " resizes (%" PRIu64 " more refused: the "
+	       "items did not fit), %" PRIu64 " versions written to owned "
+	       "keys, none twice\n",
+	       rs->resizes, rs->resize_refused, nvers);
+	printf("torture: lincheck: %zu histories checked, %zu ops, max %zu "
+	       "ops per history (%zu windows, longest %zu; %zu ops pending at "
+	       "a kill; %zu windows undecided; %zu versions unique)\n",
+	       lr->histories, lr->ops, lr->max_ops, lr->windows, lr->max_window,
+	       lr->pending, lr->undecided, lr->versions);
 	printf("torture: %" PRIu64 " kills (%" PRIu64 " workers, %" PRIu64
 	       " janitor), %" PRIu64
 	       " lock recoveries (from kvshm_stats), %" PRIu64
@@ -1529,14 +1799,16 @@ int main(int argc, char **argv)
 	struct kvshm_options o = KVSHM_OPTIONS_INIT;
 	struct run_stats rs = { 0 };
 	struct kvshm_stats st = { 0 };
+	struct lc_report lr = { 0 };
 	struct kvshm *kv = NULL;
-	uint64_t rng, t0;
+	uint64_t rng, t0, nvers = 0;
 	int err;
 
 	if (parse_args(argc, argv))
 		return 2;
 	L = map_ledger();
-	if (!L) {
+	LOG = lc_log_create(cfg.workers + 1, LIN_CAP);
+	if (!L || !LOG) {
 		fprintf(stderr, "torture: mmap: %s\n", strerror(errno));
 		return 1;
 	}
@@ -1566,10 +1838,14 @@ int main(int argc, char **argv)
 		err = -1;
 	if (!err)
 		err = final_check(kv, &rs.t, &st);
+	if (!err)
+		err = check_owned_versions(&nvers);
+	if (!err)
+		err = check_histories(&lr);
 	if (!err && failed())
 		err = -1;
 	if (!err)
-		summary(&rs, &st, mono_ms() - t0);
+		summary(&rs, &st, mono_ms() - t0, &lr, nvers);
 	else
 		printf("torture: FAILED after %.1f s, %" PRIu64 " kills, "
 		       "seed %" PRIu64 ": %" PRIu64 " failures (above)\n",
