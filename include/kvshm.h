@@ -13,7 +13,12 @@
  *
  * THREADS AND PROCESSES. A struct kvshm handle may be used by any number of
  * threads at once, and a handle opened before fork() keeps working in the
- * child. Every operation is atomic with respect to every other thread and
+ * child. A child inherits no lock and no role: its copy of a janitor's
+ * handle is not the janitor, and the janitor role and the lock of a resize
+ * the parent was running end when the parent does, whatever its children
+ * do (this needs /proc mounted; fork() also waits for a handle that
+ * another thread is moving to a resized store's new segment). Every
+ * operation is atomic with respect to every other thread and
  * process attached to the same store. A process killed at any instruction
  * (kill -9 included) never leaves the store locked or inconsistent: the next
  * process that needs the part it was changing repairs it. An operation that
@@ -345,8 +350,10 @@ KVSHM_API int kvshm_check(struct kvshm *kv, char *report, size_t report_len);
  * Errors: -EBUSY another process is the janitor (kvshm_stats() gives its
  * pid); -EROFS; -EALREADY this handle already is.
  * kvshm_janitor_heartbeat() records that the janitor is alive (now, in
- * Unix ms); -EPERM if this handle is not the janitor.
- * kvshm_janitor_release() gives the role up; -EPERM if not the janitor.
+ * Unix ms); -EPERM if this handle is not the janitor, as in a fork()ed
+ * child of the janitor (the role is not inherited).
+ * kvshm_janitor_release() gives the role up; -EPERM if not the janitor (a
+ * child cannot release its parent's role).
  * All three are for one thread at a time per handle.
  */
 KVSHM_API int kvshm_janitor_claim(struct kvshm *kv);

@@ -16,11 +16,25 @@
  * free while life is still MIGRATING) rolls the resize back: see resize.c.
  */
 #include "internal.h"
+#ifdef KVSHM_TESTING
+#include "testing.h"
+#endif
 
 #include <stdlib.h>
 #include <time.h>
 
 #define KV_MOVE_WAIT_NS (30 * 1000 * 1000 * 1000LL)
+
+#ifdef KVSHM_TESTING
+void (*kv__test_in_switch)(void);
+#define IN_SWITCH_HOOK()                                                       \
+	do {                                                                   \
+		if (kv__test_in_switch)                                        \
+			kv__test_in_switch();                                  \
+	} while (0)
+#else
+#define IN_SWITCH_HOOK() ((void)0)
+#endif
 
 static uint64_t life_of(struct kv__seg *seg)
 {
@@ -37,6 +51,7 @@ static int switch_from(struct kvshm *h, struct kv__seg *seg)
 	int err = 0;
 
 	pthread_mutex_lock(&h->switch_lock);
+	IN_SWITCH_HOOK();
 	if (kv__cur(h) != seg)
 		goto out; /* another thread switched already */
 	o.flags = h->rdonly ? KVSHM_RDONLY : 0;
@@ -130,6 +145,7 @@ int kvshm_open(const char *name, const struct kvshm_options *opts,
 	pthread_mutex_init(&h->switch_lock, NULL);
 	h->rdonly = seg->rdonly;
 	atomic_store_explicit(&h->cur, seg, memory_order_release);
+	kv__fork_track_handle(h); /* fork() takes switch_lock (fork.c) */
 	*out = h;
 	return 0;
 }
@@ -138,6 +154,7 @@ void kvshm_close(struct kvshm *h)
 {
 	if (!h)
 		return;
+	kv__fork_untrack_handle(h);
 	kv__seg_close(kv__cur(h));
 	while (h->retired) {
 		struct kv__seg *next = h->retired->next_retired;

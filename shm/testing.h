@@ -30,6 +30,11 @@ long kvshm__test_crashpoints(void);
  * into the library pass crash points without calling it again. */
 void kvshm__test_hook(void (*fn)(long point, void *ctx), void *ctx);
 
+/* Called in switch_from() (handle.c) while the handle's switch_lock is
+ * held, if set: the fork tests hold the lock there while another thread
+ * forks. */
+extern void (*kv__test_in_switch)(void);
+
 /* Fault injection: make the n-th following call fail (n >= 1; 0 = off). */
 extern long kv__test_fail_ftruncate, kv__test_fail_mmap,
 	kv__test_fail_getrandom;
