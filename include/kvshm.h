@@ -195,8 +195,11 @@ KVSHM_API void kvshm_close(struct kvshm *kv);
  * limits, default TTL, NOEVICT flag and mode. Every live item is copied with
  * its value, flags, counter value and expiry; then the old segment is
  * retired and the new one takes its name. Processes that have the store
- * open keep working throughout and move to the new segment by themselves on
- * their next operation; no acknowledged write is lost (a write that meets a
+ * open keep working throughout and move to the new segment by themselves:
+ * every operation that starts after the new segment took the name, a read
+ * included, uses the new segment, in every process and whether or not the
+ * resizing process lived to finish, so no one reads a value older than a
+ * write made there. No acknowledged write is lost (a write that meets a
  * part already copied waits, at most until the copy ends, and goes to the
  * new segment). Versions are not carried over, but they stay unique: no
  * version is ever handed out again after a resize (or a clear), so a CAS

@@ -7,13 +7,25 @@
  * `life` word.
  *
  * SWITCHING. An operation that starts on a segment whose life is RETIRED
- * re-attaches by name first (once per handle, under switch_lock). An
- * operation that needs a stripe that kvshm_resize() has already copied gets
- * KV_EMOVED; it waits (bounded) until the resize retires the segment, then
- * switches and runs again. A write is acknowledged only by the segment that
- * owns the key at that moment, so nothing acknowledged is left behind.
+ * re-attaches by name first (once per handle, under switch_lock). One that
+ * starts on a SWITCHING segment (the resizer renames the copy over the name
+ * right after storing that, and may have died since) asks the name: if it
+ * leads elsewhere the rename happened, and it switches the same way; if
+ * not, the old segment still is the store and the operation runs on it.
+ * So an operation, a read included, that starts after the rename never
+ * uses the old segment, whether or not the resizer lives to store RETIRED:
+ * that is the bound kvshm.h states. The fast path pays nothing for it: the
+ * life word was loaded already, and one compare tests both states.
+ * An operation that needs a stripe that kvshm_resize() has already copied
+ * gets KV_EMOVED; it waits (bounded) until the resize retires the segment
+ * or renames its copy, then switches and runs again. A write is
+ * acknowledged only by the segment that owns the key at that moment, so
+ * nothing acknowledged is left behind.
  * If the resizing process dies, the waiter that notices (the resize lock is
- * free while life is still MIGRATING) rolls the resize back: see resize.c.
+ * free while life is still MIGRATING or SWITCHING) rolls the resize back or
+ * forward: see resize.c. A writable handle that only reads does the same
+ * when it meets a SWITCHING segment whose name has not moved, so that it
+ * does not ask the name on every read until some writer comes by.
  */
 #include "internal.h"
 #ifdef KVSHM_TESTING
@@ -68,14 +80,32 @@ out:
 	return err;
 }
 
+/* seg is SWITCHING. 0 if h moved on (the name leads elsewhere: the rename
+ * happened), else seg is still the store and -EAGAIN; a writable handle
+ * then finishes a resize whose resizer died before its rename. */
+static int follow_switch(struct kvshm *h, struct kv__seg *seg)
+{
+	if (!kv__name_is(h->name, seg))
+		return switch_from(h, seg);
+	if (!h->rdonly && !kv__ofd_held(seg, KV_RESIZE_LOCK_BYTE) &&
+	    kv__resize_rollback(seg, h->name) == 0 &&
+	    life_of(seg) == KV_LIFE_RETIRED)
+		return switch_from(h, seg); /* renamed after all */
+	return -EAGAIN;
+}
+
 /* The segment h should use now. */
 static struct kv__seg *seg_now(struct kvshm *h)
 {
 	struct kv__seg *seg = kv__cur(h);
+	const uint64_t life = life_of(seg);
 
-	if (KV_UNLIKELY(life_of(seg) == KV_LIFE_RETIRED) &&
-	    switch_from(h, seg) == 0)
-		seg = kv__cur(h);
+	if (KV_UNLIKELY(life == KV_LIFE_RETIRED || life == KV_LIFE_SWITCHING)) {
+		const int err = life == KV_LIFE_RETIRED ? switch_from(h, seg)
+							: follow_switch(h, seg);
+		if (err == 0)
+			seg = kv__cur(h);
+	}
 	return seg;
 }
 
@@ -90,9 +120,11 @@ static int after_moved(struct kvshm *h, struct kv__seg *seg)
 		struct timespec ts = {0, 200 * 1000};
 		if (life == KV_LIFE_RETIRED)
 			return switch_from(h, seg);
+		if (life == KV_LIFE_SWITCHING && !kv__name_is(h->name, seg))
+			return switch_from(h, seg); /* renamed: go there */
 		if (life == KV_LIFE_LIVE)
 			return 0; /* rolled back: run again on seg */
-		if (life != KV_LIFE_MIGRATING)
+		if (!kv__resizing(life))
 			return -ENOTRECOVERABLE; /* damaged: nothing to wait for */
 		if (!kv__ofd_held(seg, KV_RESIZE_LOCK_BYTE)) {
 			int err = kv__resize_rollback(seg, h->name);
@@ -257,7 +289,7 @@ int kvshm_check(struct kvshm *h, char *report, size_t report_len)
 {
 	if (h && !h->rdonly) {
 		struct kv__seg *seg = seg_now(h);
-		if (life_of(seg) == KV_LIFE_MIGRATING &&
+		if (kv__resizing(life_of(seg)) &&
 		    !kv__ofd_held(seg, KV_RESIZE_LOCK_BYTE))
 			kv__resize_rollback(seg, h->name);
 	}

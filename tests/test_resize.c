@@ -514,6 +514,131 @@ static void test_cas_versions_stay_unique_across_resizes_and_clear(void **state)
 	tu_check(kv);
 }
 
+
+/* ---- readers after the rename (issue 13 item 3) ------------------------- */
+
+struct rename_arg {
+	const char *name;
+	bool die;         /* killed right after the rename, or only paused */
+	ino_t old_ino;    /* the object the name led to before */
+	_Atomic int renamed;
+	_Atomic int go;
+};
+
+/* At the first crash point after the rename: die, or pause until told. */
+static void after_rename(long point, void *ctx)
+{
+	struct rename_arg *a = ctx;
+	char path[TU_NAME_LEN + 16];
+	struct stat st;
+
+	(void)point;
+	if (atomic_load(&a->renamed) ||
+	    stat(tu_fs_path(a->name, path, sizeof(path)), &st) != 0 ||
+	    st.st_ino == a->old_ino)
+		return;
+	if (a->die)
+		kill(getpid(), SIGKILL);
+	atomic_store(&a->renamed, 1);
+	for (int i = 0; i < 10000 && !atomic_load(&a->go); i++)
+		tu_sleep_ms(1);
+}
+
+static void resize_then_stop(void *p)
+{
+	struct rename_arg *a = p;
+	struct kvshm_options big = tu_opts(0, 8 * TU_MIB);
+
+	kvshm__test_hook(after_rename, a);
+	CHILD_ASSERT_RC(kvshm_resize(a->name, &big), 0);
+}
+
+/* ms until kv reads "new" for k (the first read: 0), or -1 if it still
+ * read the old value after 2 s. */
+static long ms_until_new(struct kvshm *kv)
+{
+	const int64_t start = tu_mono_ms();
+	char buf[8];
+	size_t len;
+
+	do {
+		const int64_t t = tu_mono_ms();
+		assert_ok(kvshm_get(kv, KS("k"), buf, sizeof(buf), &len));
+		if (len == 3 && memcmp(buf, "new", 3) == 0)
+			return (long)(t - start);
+		tu_sleep_ms(100);
+	} while (tu_mono_ms() - start < 2000);
+	return -1;
+}
+
+/* A resizer killed (or stopped) right after its rename; a new opener
+ * writes; handles opened before that only read. The bound of kvshm.h: an
+ * operation that starts after the rename uses the new segment, so the
+ * first read already sees the write. */
+static void readers_follow_the_rename(struct tu_fx *fx, bool die)
+{
+	struct kvshm_options o = tu_opts(0, 4 * TU_MIB);
+	struct kvshm_options ro_opts = tu_opts(KVSHM_RDONLY, 0);
+	struct rename_arg *a = tu_shared(sizeof(*a));
+	struct kvshm *kv, *rw, *ro, *fresh;
+	char path[TU_NAME_LEN + 16], buf[8];
+	struct kvshm_stats st;
+	struct stat sb;
+	long rw_ms, ro_ms;
+	pid_t pid;
+
+	kv = tu_create(fx, &o, &a->name);
+	assert_ok(kvshm_set(kv, KS("k"), KS("old"), 0));
+	rw = tu_open(fx, a->name, NULL);
+	ro = tu_open(fx, a->name, &ro_opts);
+	assert_ok(kvshm_get(rw, KS("k"), buf, sizeof(buf), NULL));
+	assert_ok(kvshm_get(ro, KS("k"), buf, sizeof(buf), NULL));
+	assert_int_equal(stat(tu_fs_path(a->name, path, sizeof(path)), &sb), 0);
+	a->old_ino = sb.st_ino;
+	a->die = die;
+	tu_watchdog(30);
+	pid = tu_spawn(fx, resize_then_stop, a);
+	if (die) {
+		const int status = tu_wait(fx, pid);
+		assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+	} else {
+		while (!atomic_load(&a->renamed))
+			tu_sleep_ms(1);
+	}
+	fresh = tu_open(fx, a->name, NULL);
+	assert_ok(kvshm_stats(fresh, &st));
+	assert_int_equal(st.arena_bytes, 8 * TU_MIB); /* the new segment */
+	assert_ok(kvshm_set(fresh, KS("k"), KS("new"), 0));
+	ro_ms = ms_until_new(ro);
+	rw_ms = ms_until_new(rw);
+	print_message("resizer %s after its rename: the read-only handle read "
+		      "the new value after %ld ms, the read-write one after "
+		      "%ld ms (-1: still the old after 2 s)\n",
+		      die ? "killed" : "stopped", ro_ms, rw_ms);
+	if (!die) {
+		atomic_store(&a->go, 1);
+		tu_reap(fx, pid);
+	}
+	assert_int_equal(ro_ms, 0);
+	assert_int_equal(rw_ms, 0);
+	assert_ok(kvshm_stats(ro, &st));
+	assert_int_equal(st.arena_bytes, 8 * TU_MIB);
+	tu_check(rw); /* rolls a dead resizer's resize forward */
+	assert_ok(kvshm_set(kv, KS("k2"), KS("x"), 0));
+	assert_ok(kvshm_get(fresh, KS("k2"), buf, sizeof(buf), NULL));
+	tu_watchdog(0);
+}
+
+static void test_readers_see_a_write_made_after_a_dead_resizers_rename(void **state)
+{
+	readers_follow_the_rename(tu_fx(state), true);
+}
+
+static void test_readers_see_a_write_made_between_the_rename_and_the_retirement(void **state)
+{
+	readers_follow_the_rename(tu_fx(state), false);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -523,6 +648,8 @@ int main(void)
 		T(test_resizer_killed_anywhere_leaves_a_working_store),
 		T(test_small_resize_killed_at_every_point_then_during_recovery_loses_nothing),
 		T(test_cas_versions_stay_unique_across_resizes_and_clear),
+		T(test_readers_see_a_write_made_after_a_dead_resizers_rename),
+		T(test_readers_see_a_write_made_between_the_rename_and_the_retirement),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
