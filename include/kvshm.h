@@ -200,8 +200,9 @@ KVSHM_API void kvshm_close(struct kvshm *kv);
  * included, uses the new segment, in every process and whether or not the
  * resizing process lived to finish, so no one reads a value older than a
  * write made there. No acknowledged write is lost (a write that meets a
- * part already copied waits, at most until the copy ends, and goes to the
- * new segment). Versions are not carried over, but they stay unique: no
+ * part already copied waits until the copy ends and goes to the new
+ * segment; it gives up with -ETIMEDOUT only if the resize makes no
+ * progress, not one more stripe copied, for 30 s). Versions are not carried over, but they stay unique: no
  * version is ever handed out again after a resize (or a clear), so a CAS
  * across a resize gets -ESTALE. If the resizing process dies, the store
  * goes back to the old segment (or on to the new one, if it was already in
@@ -237,7 +238,7 @@ KVSHM_API int kvshm_set(struct kvshm *kv, const void *key, size_t klen,
  * -ESTALE (CAS, version differs); -E2BIG key or value too long, or the item
  * can never fit; -ENOSPC full and may not evict; -EINVAL bad mode or
  * arguments; -EROFS read-only handle; -ETIMEDOUT a lock was held for more
- * than 5 s by a live process; -ENOTRECOVERABLE the store is quarantined
+ * than 5 s by a live process, or a resize stalled (see kvshm_resize()); -ENOTRECOVERABLE the store is quarantined
  * (see kvshm_check()).
  */
 KVSHM_API int kvshm_put(struct kvshm *kv, const void *key, size_t klen,

@@ -17,8 +17,9 @@
  * that is the bound kvshm.h states. The fast path pays nothing for it: the
  * life word was loaded already, and one compare tests both states.
  * An operation that needs a stripe that kvshm_resize() has already copied
- * gets KV_EMOVED; it waits (bounded) until the resize retires the segment
- * or renames its copy, then switches and runs again. A write is
+ * gets KV_EMOVED; it waits, for as long as the copy makes progress, until
+ * the resize retires the segment or renames its copy, then switches and
+ * runs again. A write is
  * acknowledged only by the segment that owns the key at that moment, so
  * nothing acknowledged is left behind.
  * If the resizing process dies, the waiter that notices (the resize lock is
@@ -35,9 +36,11 @@
 #include <stdlib.h>
 #include <time.h>
 
+/* How long a write waits for a resize that makes no progress. */
 #define KV_MOVE_WAIT_NS (30 * 1000 * 1000 * 1000LL)
 
 #ifdef KVSHM_TESTING
+long long kv__test_move_wait_ns;
 void (*kv__test_in_switch)(void);
 #define IN_SWITCH_HOOK()                                                       \
 	do {                                                                   \
@@ -109,15 +112,50 @@ static struct kv__seg *seg_now(struct kvshm *h)
 	return seg;
 }
 
-/* An operation met a stripe a resize moved: wait until the resize retires
- * seg (or roll it back if the resizer died), then switch. 0 = run again. */
+static uint64_t move_wait_ns(void)
+{
+#ifdef KVSHM_TESTING
+	if (kv__test_move_wait_ns > 0)
+		return (uint64_t)kv__test_move_wait_ns;
+#endif
+	return KV_MOVE_WAIT_NS;
+}
+
+/* How many stripes of seg the resize has copied, counting on from `from`:
+ * it copies them in index order (resize.c), so the MOVED bits form a run
+ * from stripe 0. Relaxed: a measure of progress, not a decision. */
+static uint32_t stripes_copied(struct kv__seg *seg, uint32_t from)
+{
+	while (from < seg->nstripes &&
+	       (atomic_load_explicit(&seg->gens[from], memory_order_relaxed) &
+		KV_GEN_MOVED))
+		from++;
+	return from;
+}
+
+/*
+ * An operation met a stripe a resize moved: wait until the resize retires
+ * seg or renames its copy (or roll it back if the resizer died), then
+ * switch. 0 = run again. The wait lasts as long as the copy goes on: the
+ * deadline moves whenever another stripe is copied or life changes, so
+ * only a resize that makes no progress for KV_MOVE_WAIT_NS (a resizer that
+ * is alive but stopped) ends it, with -ETIMEDOUT.
+ */
 static int after_moved(struct kvshm *h, struct kv__seg *seg)
 {
-	uint64_t deadline = kv__mono_ns() + KV_MOVE_WAIT_NS;
+	uint64_t deadline = kv__mono_ns() + move_wait_ns();
+	uint64_t seen_life = life_of(seg);
+	uint32_t copied = stripes_copied(seg, 0);
 
 	for (;;) {
 		uint64_t life = life_of(seg);
+		uint32_t now_copied = stripes_copied(seg, copied);
 		struct timespec ts = {0, 200 * 1000};
+		if (life != seen_life || now_copied != copied) {
+			deadline = kv__mono_ns() + move_wait_ns();
+			seen_life = life;
+			copied = now_copied;
+		}
 		if (life == KV_LIFE_RETIRED)
 			return switch_from(h, seg);
 		if (life == KV_LIFE_SWITCHING && !kv__name_is(h->name, seg))

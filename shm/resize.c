@@ -10,12 +10,14 @@
  *   1. Take the old segment's resize lock (an OFD lock: it dies with us)
  *      and set life = MIGRATING.
  *   2. Create the new segment under a temporary name, NAME.resize-PID.
- *   3. For each stripe: lock it, copy every live item (key, value, flags,
- *      absolute expiry; counters frozen first, so no lock-free incr can land
- *      on the old copy afterwards), set the stripe's MOVED bit, unlock.
- *      From then on a writer that locks the stripe gets KV_EMOVED and waits
- *      for step 5 (handle.c); readers keep reading the old copy, which no
- *      one changes any more.
+ *   3. For each stripe, in index order: lock it, copy every live item
+ *      (key, value, flags, absolute expiry; counters frozen first, so no
+ *      lock-free incr can land on the old copy afterwards), set the
+ *      stripe's MOVED bit, unlock. From then on a writer that locks the
+ *      stripe gets KV_EMOVED and waits for step 4 or 5 (handle.c), as long
+ *      as the run of MOVED stripes from stripe 0 keeps growing (that is
+ *      how it measures progress); readers keep reading the old copy, which
+ *      no one changes any more.
  *   4. life = SWITCHING (release), then rename() the new segment over
  *      NAME: new opens find it, and so does every operation on the old
  *      segment that starts from then on (it sees SWITCHING, finds that
@@ -147,13 +149,31 @@ bool kv__name_is(const char *name, struct kv__seg *seg)
 	       a.st_dev == b.st_dev && a.st_ino == b.st_ino;
 }
 
-/* Undo the MOVED bits and counter freezes of an unfinished resize. */
+#ifdef KVSHM_TESTING
+/* Test builds: make the n-th following stripe lock of undo_moves() fail as
+ * if it had timed out (n >= 1; 0 = off). */
+long kv__test_fail_undo;
+static bool undo_fault(void)
+{
+	return kv__test_fail_undo > 0 && --kv__test_fail_undo == 0;
+}
+#else
+#define undo_fault() false
+#endif
+
+/* Undo the MOVED bits and counter freezes of an unfinished resize. On
+ * failure the stripes not reached yet are still MOVED: the caller must
+ * leave life MIGRATING, so that the next writer that meets one of them
+ * finds the resize lock free and runs the undo again (a LIVE segment with
+ * a MOVED stripe is damage: -ENOTRECOVERABLE for good, index.c). */
 static int undo_moves(struct kv__seg *seg)
 {
 	for (uint32_t st = 0; st < seg->nstripes; st++) {
 		uint64_t first = (uint64_t)st * seg->stripe_buckets;
-		int err = kv__lock(seg, &seg->stripes[st].mutex,
-				   kv__stripe_repair, &seg->stripes[st]);
+		int err = undo_fault() ? -ETIMEDOUT
+				       : kv__lock(seg, &seg->stripes[st].mutex,
+						  kv__stripe_repair,
+						  &seg->stripes[st]);
 		if (err)
 			return err;
 		for (uint64_t b = first; b < first + seg->stripe_buckets; b++)
@@ -334,8 +354,10 @@ int kvshm_resize(const char *name, const struct kvshm_options *opts)
 		goto unlock;
 	}
 	err = migrate(old, name, &req);
-	if (err) { /* back to normal service on the old segment */
-		undo_moves(old);
+	/* back to normal service on the old segment; if the undo fails (a
+	 * stripe lock timed out), life stays MIGRATING and the next writer
+	 * that meets a stripe still MOVED redoes it once we unlock */
+	if (err && undo_moves(old) == 0) {
 		KV_CRASHPOINT();
 		atomic_store_explicit(&old->hdr->life, KV_LIFE_LIVE,
 				      memory_order_release);

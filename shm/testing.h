@@ -35,6 +35,13 @@ void kvshm__test_hook(void (*fn)(long point, void *ctx), void *ctx);
  * forks. */
 extern void (*kv__test_in_switch)(void);
 
+/* Make the n-th following stripe lock of a resize's undo fail
+ * (-ETIMEDOUT), n >= 1; 0 = off. */
+extern long kv__test_fail_undo;
+/* How long a write waits for a resize that makes no progress, in ns; 0 =
+ * the real 30 s. */
+extern long long kv__test_move_wait_ns;
+
 /* Fault injection: make the n-th following call fail (n >= 1; 0 = off). */
 extern long kv__test_fail_ftruncate, kv__test_fail_mmap,
 	kv__test_fail_getrandom;
