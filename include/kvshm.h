@@ -13,7 +13,12 @@
  *
  * THREADS AND PROCESSES. A struct kvshm handle may be used by any number of
  * threads at once, and a handle opened before fork() keeps working in the
- * child. Every operation is atomic with respect to every other thread and
+ * child. A child inherits no lock and no role: its copy of a janitor's
+ * handle is not the janitor, and the janitor role and the lock of a resize
+ * the parent was running end when the parent does, whatever its children
+ * do (this needs /proc mounted; fork() also waits for a handle that
+ * another thread is moving to a resized store's new segment). Every
+ * operation is atomic with respect to every other thread and
  * process attached to the same store. A process killed at any instruction
  * (kill -9 included) never leaves the store locked or inconsistent: the next
  * process that needs the part it was changing repairs it. An operation that
@@ -208,10 +213,14 @@ KVSHM_API void kvshm_close(struct kvshm *kv);
  * limits, default TTL, NOEVICT flag and mode. Every live item is copied with
  * its value, flags, counter value and expiry; then the old segment is
  * retired and the new one takes its name. Processes that have the store
- * open keep working throughout and move to the new segment by themselves on
- * their next operation; no acknowledged write is lost (a write that meets a
- * part already copied waits, at most until the copy ends, and goes to the
- * new segment). Versions are not carried over, but they stay unique: no
+ * open keep working throughout and move to the new segment by themselves:
+ * every operation that starts after the new segment took the name, a read
+ * included, uses the new segment, in every process and whether or not the
+ * resizing process lived to finish, so no one reads a value older than a
+ * write made there. No acknowledged write is lost (a write that meets a
+ * part already copied waits until the copy ends and goes to the new
+ * segment; it gives up with -ETIMEDOUT only if the resize makes no
+ * progress, not one more stripe copied, for 30 s). Versions are not carried over, but they stay unique: no
  * version is ever handed out again after a resize (or a clear), so a CAS
  * across a resize gets -ESTALE. If the resizing process dies, the store
  * goes back to the old segment (or on to the new one, if it was already in
@@ -275,7 +284,7 @@ KVSHM_API int kvshm_set(struct kvshm *kv, const void *key, size_t klen,
  * -ESTALE (CAS, version differs); -E2BIG key or value too long, or the item
  * can never fit; -ENOSPC full and may not evict; -EINVAL bad mode or
  * arguments; -EROFS read-only handle; -ETIMEDOUT a lock was held for more
- * than 5 s by a live process; -ENOTRECOVERABLE the store is quarantined
+ * than 5 s by a live process, or a resize stalled (see kvshm_resize()); -ENOTRECOVERABLE the store is quarantined
  * (see kvshm_check()).
  */
 KVSHM_API int kvshm_put(struct kvshm *kv, const void *key, size_t klen,
@@ -391,8 +400,10 @@ KVSHM_API int kvshm_check(struct kvshm *kv, char *report, size_t report_len);
  * Errors: -EBUSY another process is the janitor (kvshm_stats() gives its
  * pid); -EROFS; -EALREADY this handle already is.
  * kvshm_janitor_heartbeat() records that the janitor is alive (now, in
- * Unix ms); -EPERM if this handle is not the janitor.
- * kvshm_janitor_release() gives the role up; -EPERM if not the janitor.
+ * Unix ms); -EPERM if this handle is not the janitor, as in a fork()ed
+ * child of the janitor (the role is not inherited).
+ * kvshm_janitor_release() gives the role up; -EPERM if not the janitor (a
+ * child cannot release its parent's role).
  * All three are for one thread at a time per handle.
  */
 KVSHM_API int kvshm_janitor_claim(struct kvshm *kv);

@@ -118,9 +118,10 @@
  *   hints (live_hint, max_expiry, statistics) are atomic adds made after the
  *     fact; a crash can leave them slightly off, and nothing depends on
  *     them for correctness.
- *   resize: a segment's header `life` goes LIVE -> MIGRATING -> RETIRED
- *     while kvshm_resize() copies it (resize.c); a dead resizer is rolled
- *     back or forward by the next process that waits on it.
+ *   resize: a segment's header `life` goes LIVE -> MIGRATING -> SWITCHING
+ *     -> RETIRED while kvshm_resize() copies it and renames the copy over
+ *     the name (resize.c); a dead resizer is rolled back or forward by the
+ *     next process that waits on it (or, after the rename, that reads).
  *   The janitor is never needed for any of this: the next process to take
  *   a lock repairs what that lock protects.
  */
@@ -253,11 +254,16 @@ struct kv__header {
 #define KV_JANITOR_LOCK_BYTE 1
 #define KV_RESIZE_LOCK_BYTE 2
 
-/* header.life: a segment is live, being copied by kvshm_resize(), or
- * retired (its name now belongs to the copy). */
+/* header.life: a segment is live, being copied by kvshm_resize(),
+ * switching (copied; the copy is about to take, or has taken, its name),
+ * or retired (its name belongs to the copy). SWITCHING is stored before
+ * the rename, so an operation that starts after the rename sees it and
+ * asks the name which segment is the store (handle.c). It came after
+ * layout 2's first build, which takes it for damage. */
 #define KV_LIFE_LIVE 0u
 #define KV_LIFE_MIGRATING 1u
 #define KV_LIFE_RETIRED 2u
+#define KV_LIFE_SWITCHING 3u
 
 /* A stripe generation with this bit set: kvshm_resize() has copied the
  * stripe; writers must wait for the retirement and use the new segment. */

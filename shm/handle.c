@@ -7,20 +7,49 @@
  * `life` word.
  *
  * SWITCHING. An operation that starts on a segment whose life is RETIRED
- * re-attaches by name first (once per handle, under switch_lock). An
- * operation that needs a stripe that kvshm_resize() has already copied gets
- * KV_EMOVED; it waits (bounded) until the resize retires the segment, then
- * switches and runs again. A write is acknowledged only by the segment that
- * owns the key at that moment, so nothing acknowledged is left behind.
+ * re-attaches by name first (once per handle, under switch_lock). One that
+ * starts on a SWITCHING segment (the resizer renames the copy over the name
+ * right after storing that, and may have died since) asks the name: if it
+ * leads elsewhere the rename happened, and it switches the same way; if
+ * not, the old segment still is the store and the operation runs on it.
+ * So an operation, a read included, that starts after the rename never
+ * uses the old segment, whether or not the resizer lives to store RETIRED:
+ * that is the bound kvshm.h states. The fast path pays nothing for it: the
+ * life word was loaded already, and one compare tests both states.
+ * An operation that needs a stripe that kvshm_resize() has already copied
+ * gets KV_EMOVED; it waits, for as long as the copy makes progress, until
+ * the resize retires the segment or renames its copy, then switches and
+ * runs again. A write is
+ * acknowledged only by the segment that owns the key at that moment, so
+ * nothing acknowledged is left behind.
  * If the resizing process dies, the waiter that notices (the resize lock is
- * free while life is still MIGRATING) rolls the resize back: see resize.c.
+ * free while life is still MIGRATING or SWITCHING) rolls the resize back or
+ * forward: see resize.c. A writable handle that only reads does the same
+ * when it meets a SWITCHING segment whose name has not moved, so that it
+ * does not ask the name on every read until some writer comes by.
  */
 #include "internal.h"
+#ifdef KVSHM_TESTING
+#include "testing.h"
+#endif
 
 #include <stdlib.h>
 #include <time.h>
 
+/* How long a write waits for a resize that makes no progress. */
 #define KV_MOVE_WAIT_NS (30 * 1000 * 1000 * 1000LL)
+
+#ifdef KVSHM_TESTING
+long long kv__test_move_wait_ns;
+void (*kv__test_in_switch)(void);
+#define IN_SWITCH_HOOK()                                                       \
+	do {                                                                   \
+		if (kv__test_in_switch)                                        \
+			kv__test_in_switch();                                  \
+	} while (0)
+#else
+#define IN_SWITCH_HOOK() ((void)0)
+#endif
 
 static uint64_t life_of(struct kv__seg *seg)
 {
@@ -37,6 +66,7 @@ static int switch_from(struct kvshm *h, struct kv__seg *seg)
 	int err = 0;
 
 	pthread_mutex_lock(&h->switch_lock);
+	IN_SWITCH_HOOK();
 	if (kv__cur(h) != seg)
 		goto out; /* another thread switched already */
 	o.flags = h->rdonly ? KVSHM_RDONLY : 0;
@@ -53,31 +83,86 @@ out:
 	return err;
 }
 
+/* seg is SWITCHING. 0 if h moved on (the name leads elsewhere: the rename
+ * happened), else seg is still the store and -EAGAIN; a writable handle
+ * then finishes a resize whose resizer died before its rename. */
+static int follow_switch(struct kvshm *h, struct kv__seg *seg)
+{
+	if (!kv__name_is(h->name, seg))
+		return switch_from(h, seg);
+	if (!h->rdonly && !kv__ofd_held(seg, KV_RESIZE_LOCK_BYTE) &&
+	    kv__resize_rollback(seg, h->name) == 0 &&
+	    life_of(seg) == KV_LIFE_RETIRED)
+		return switch_from(h, seg); /* renamed after all */
+	return -EAGAIN;
+}
+
 /* The segment h should use now. */
 static struct kv__seg *seg_now(struct kvshm *h)
 {
 	struct kv__seg *seg = kv__cur(h);
+	const uint64_t life = life_of(seg);
 
-	if (KV_UNLIKELY(life_of(seg) == KV_LIFE_RETIRED) &&
-	    switch_from(h, seg) == 0)
-		seg = kv__cur(h);
+	if (KV_UNLIKELY(life == KV_LIFE_RETIRED || life == KV_LIFE_SWITCHING)) {
+		const int err = life == KV_LIFE_RETIRED ? switch_from(h, seg)
+							: follow_switch(h, seg);
+		if (err == 0)
+			seg = kv__cur(h);
+	}
 	return seg;
 }
 
-/* An operation met a stripe a resize moved: wait until the resize retires
- * seg (or roll it back if the resizer died), then switch. 0 = run again. */
+static uint64_t move_wait_ns(void)
+{
+#ifdef KVSHM_TESTING
+	if (kv__test_move_wait_ns > 0)
+		return (uint64_t)kv__test_move_wait_ns;
+#endif
+	return KV_MOVE_WAIT_NS;
+}
+
+/* How many stripes of seg the resize has copied, counting on from `from`:
+ * it copies them in index order (resize.c), so the MOVED bits form a run
+ * from stripe 0. Relaxed: a measure of progress, not a decision. */
+static uint32_t stripes_copied(struct kv__seg *seg, uint32_t from)
+{
+	while (from < seg->nstripes &&
+	       (atomic_load_explicit(&seg->gens[from], memory_order_relaxed) &
+		KV_GEN_MOVED))
+		from++;
+	return from;
+}
+
+/*
+ * An operation met a stripe a resize moved: wait until the resize retires
+ * seg or renames its copy (or roll it back if the resizer died), then
+ * switch. 0 = run again. The wait lasts as long as the copy goes on: the
+ * deadline moves whenever another stripe is copied or life changes, so
+ * only a resize that makes no progress for KV_MOVE_WAIT_NS (a resizer that
+ * is alive but stopped) ends it, with -ETIMEDOUT.
+ */
 static int after_moved(struct kvshm *h, struct kv__seg *seg)
 {
-	uint64_t deadline = kv__mono_ns() + KV_MOVE_WAIT_NS;
+	uint64_t deadline = kv__mono_ns() + move_wait_ns();
+	uint64_t seen_life = life_of(seg);
+	uint32_t copied = stripes_copied(seg, 0);
 
 	for (;;) {
 		uint64_t life = life_of(seg);
+		uint32_t now_copied = stripes_copied(seg, copied);
 		struct timespec ts = {0, 200 * 1000};
+		if (life != seen_life || now_copied != copied) {
+			deadline = kv__mono_ns() + move_wait_ns();
+			seen_life = life;
+			copied = now_copied;
+		}
 		if (life == KV_LIFE_RETIRED)
 			return switch_from(h, seg);
+		if (life == KV_LIFE_SWITCHING && !kv__name_is(h->name, seg))
+			return switch_from(h, seg); /* renamed: go there */
 		if (life == KV_LIFE_LIVE)
 			return 0; /* rolled back: run again on seg */
-		if (life != KV_LIFE_MIGRATING)
+		if (!kv__resizing(life))
 			return -ENOTRECOVERABLE; /* damaged: nothing to wait for */
 		if (!kv__ofd_held(seg, KV_RESIZE_LOCK_BYTE)) {
 			int err = kv__resize_rollback(seg, h->name);
@@ -130,6 +215,7 @@ int kvshm_open(const char *name, const struct kvshm_options *opts,
 	pthread_mutex_init(&h->switch_lock, NULL);
 	h->rdonly = seg->rdonly;
 	atomic_store_explicit(&h->cur, seg, memory_order_release);
+	kv__fork_track_handle(h); /* fork() takes switch_lock (fork.c) */
 	*out = h;
 	return 0;
 }
@@ -138,6 +224,7 @@ void kvshm_close(struct kvshm *h)
 {
 	if (!h)
 		return;
+	kv__fork_untrack_handle(h);
 	kv__seg_close(kv__cur(h));
 	while (h->retired) {
 		struct kv__seg *next = h->retired->next_retired;
@@ -242,7 +329,7 @@ int kvshm_check(struct kvshm *h, char *report, size_t report_len)
 {
 	if (h && !h->rdonly) {
 		struct kv__seg *seg = seg_now(h);
-		if (life_of(seg) == KV_LIFE_MIGRATING &&
+		if (kv__resizing(life_of(seg)) &&
 		    !kv__ofd_held(seg, KV_RESIZE_LOCK_BYTE))
 			kv__resize_rollback(seg, h->name);
 	}

@@ -60,12 +60,17 @@ void kv__crashpoint(void);
  * An attached store. The geometry is read from the header once at attach,
  * validated, and kept here, so no operation re-reads (and re-trusts) it from
  * shared memory. Everything in this struct is immutable after kvshm_open(),
- * so threads share a handle without locking.
+ * so threads share a handle without locking, except `janitor` (claim and
+ * release, one thread at a time) and, in a fork()ed child, `janitor` and
+ * the description behind `fd` and `base` (fork.c, before the child runs
+ * anything else).
  */
 struct kv__seg {
 	uint8_t *base;            /* the mapping */
 	size_t map_bytes;
-	int fd;                   /* the object, kept for its OFD locks */
+	int fd;                   /* the object, kept for its OFD locks; it and
+	                             the mapping use this process's own open
+	                             file description (fork.c) */
 	bool rdonly;
 	bool janitor;             /* this handle holds the janitor lock */
 	bool noevict;
@@ -87,6 +92,7 @@ struct kv__seg {
 	uint8_t *data;            /* base + data_off */
 	uint64_t data_off;
 	struct kv__seg *next_retired; /* in the handle's retired list */
+	struct kv__seg *fork_prev, *fork_next; /* open segments (fork.c) */
 };
 
 /*
@@ -98,11 +104,14 @@ struct kv__seg {
  */
 struct kvshm {
 	_Atomic(struct kv__seg *) cur; /* (acquire; stored under switch_lock) */
-	pthread_mutex_t switch_lock;   /* process-private */
+	pthread_mutex_t switch_lock;   /* process-private; fork() takes it
+	                                  (fork.c), so a child never starts
+	                                  with it held */
 	struct kv__seg *retired;       /* older segments (switch_lock) */
 	char *name;
 	bool rdonly;
 	bool janitor;                  /* holds the role (claim/release) */
+	struct kvshm *fork_prev, *fork_next; /* open handles (fork.c) */
 };
 
 /* Internal result: the stripe was moved by a resize; retry on the successor
@@ -398,8 +407,20 @@ int kv__unlink_name(const char *name);
 int kv__ofd_lock(struct kv__seg *kv, int byte, short type);
 bool kv__ofd_held(struct kv__seg *kv, int byte);
 
+/* ---- fork.c ----
+ * The process's open segments and handles, which a fork()ed child's
+ * handler walks: kv__seg_open() and kvshm_open() track what they return;
+ * kvshm_close() untracks the handle first, kv__seg_close() untracks the
+ * segment, which also closes its fd. */
+void kv__fork_track_seg(struct kv__seg *seg);
+void kv__fork_untrack_seg(struct kv__seg *seg);
+void kv__fork_track_handle(struct kvshm *h);
+void kv__fork_untrack_handle(struct kvshm *h);
+
 /* ---- resize.c ---- */
 int kv__resize_rollback(struct kv__seg *seg, const char *name);
+bool kv__resizing(uint64_t life);
+bool kv__name_is(const char *name, struct kv__seg *seg);
 bool kv__janitor_lock_held(struct kv__seg *kv);
 uint64_t kv__abi_fingerprint(void);
 uint64_t kv__header_check(const struct kv__header *h);

@@ -10,13 +10,19 @@
  *   1. Take the old segment's resize lock (an OFD lock: it dies with us)
  *      and set life = MIGRATING.
  *   2. Create the new segment under a temporary name, NAME.resize-PID.
- *   3. For each stripe: lock it, copy every live item (key, value, flags,
- *      absolute expiry; counters frozen first, so no lock-free incr can land
- *      on the old copy afterwards), set the stripe's MOVED bit, unlock.
- *      From then on a writer that locks the stripe gets KV_EMOVED and waits
- *      for step 5 (handle.c); readers keep reading the old copy, which no
- *      one changes any more.
- *   4. rename() the new segment over NAME: new opens find it.
+ *   3. For each stripe, in index order: lock it, copy every live item
+ *      (key, value, flags, absolute expiry; counters frozen first, so no
+ *      lock-free incr can land on the old copy afterwards), set the
+ *      stripe's MOVED bit, unlock. From then on a writer that locks the
+ *      stripe gets KV_EMOVED and waits for step 4 or 5 (handle.c), as long
+ *      as the run of MOVED stripes from stripe 0 keeps growing (that is
+ *      how it measures progress); readers keep reading the old copy, which
+ *      no one changes any more.
+ *   4. life = SWITCHING (release), then rename() the new segment over
+ *      NAME: new opens find it, and so does every operation on the old
+ *      segment that starts from then on (it sees SWITCHING, finds that
+ *      the name leads elsewhere, and switches: handle.c), readers
+ *      included, so no one reads the old copy after a write to the new.
  *   5. life = RETIRED (release): every handle switches on its next
  *      operation, and the waiting writers run again on the new segment.
  * Versions (cas) are not carried over, but they stay unique (see VERSIONS
@@ -27,11 +33,14 @@
  * is invisible to every other process until step 4, so its locks cannot be
  * part of a cycle.
  *
- * KILL -9. Before step 4 the store is still the old segment: whoever next
- * waits on a MOVED stripe finds the resize lock free and rolls back (clears
- * the MOVED bits, unfreezes counters, removes the temporary segment, life =
- * LIVE). After step 4 the name already leads to the new segment, so the
- * same process rolls forward instead (life = RETIRED).
+ * KILL -9. Before the rename the store is still the old segment (life
+ * MIGRATING or SWITCHING): whoever next waits on a MOVED stripe finds the
+ * resize lock free and rolls back (clears the MOVED bits, unfreezes
+ * counters, removes the temporary segment, life = LIVE); reads stay right
+ * on the old copy meanwhile. After the rename the name already leads to
+ * the new segment, so the same process rolls forward instead (life =
+ * RETIRED), and until then every operation that starts on the old segment
+ * sees SWITCHING and follows the name.
  */
 #include "internal.h"
 
@@ -130,7 +139,7 @@ static void temp_name(const char *name, uint64_t pid, char *buf, size_t len)
 }
 
 /* Does name (still) lead to the segment seg? */
-static bool name_is(const char *name, struct kv__seg *seg)
+bool kv__name_is(const char *name, struct kv__seg *seg)
 {
 	char path[PATH_MAX];
 	struct stat a, b;
@@ -140,13 +149,31 @@ static bool name_is(const char *name, struct kv__seg *seg)
 	       a.st_dev == b.st_dev && a.st_ino == b.st_ino;
 }
 
-/* Undo the MOVED bits and counter freezes of an unfinished resize. */
+#ifdef KVSHM_TESTING
+/* Test builds: make the n-th following stripe lock of undo_moves() fail as
+ * if it had timed out (n >= 1; 0 = off). */
+long kv__test_fail_undo;
+static bool undo_fault(void)
+{
+	return kv__test_fail_undo > 0 && --kv__test_fail_undo == 0;
+}
+#else
+#define undo_fault() false
+#endif
+
+/* Undo the MOVED bits and counter freezes of an unfinished resize. On
+ * failure the stripes not reached yet are still MOVED: the caller must
+ * leave life MIGRATING, so that the next writer that meets one of them
+ * finds the resize lock free and runs the undo again (a LIVE segment with
+ * a MOVED stripe is damage: -ENOTRECOVERABLE for good, index.c). */
 static int undo_moves(struct kv__seg *seg)
 {
 	for (uint32_t st = 0; st < seg->nstripes; st++) {
 		uint64_t first = (uint64_t)st * seg->stripe_buckets;
-		int err = kv__lock(seg, &seg->stripes[st].mutex,
-				   kv__stripe_repair, &seg->stripes[st]);
+		int err = undo_fault() ? -ETIMEDOUT
+				       : kv__lock(seg, &seg->stripes[st].mutex,
+						  kv__stripe_repair,
+						  &seg->stripes[st]);
 		if (err)
 			return err;
 		for (uint64_t b = first; b < first + seg->stripe_buckets; b++)
@@ -168,10 +195,17 @@ static int undo_moves(struct kv__seg *seg)
 	return 0;
 }
 
+/* Is a resize of seg under way (or abandoned by a dead resizer)? */
+bool kv__resizing(uint64_t life)
+{
+	return life == KV_LIFE_MIGRATING || life == KV_LIFE_SWITCHING;
+}
+
 /*
- * Finish a resize whose process died (life MIGRATING, resize lock free):
- * roll it forward if the name already leads elsewhere, else back. -EBUSY if
- * another process holds the resize lock (the resizer, or another rescuer).
+ * Finish a resize whose process died (life MIGRATING or SWITCHING, resize
+ * lock free): roll it forward if the name already leads elsewhere, else
+ * back. -EBUSY if another process holds the resize lock (the resizer, or
+ * another rescuer).
  */
 int kv__resize_rollback(struct kv__seg *seg, const char *name)
 {
@@ -180,10 +214,10 @@ int kv__resize_rollback(struct kv__seg *seg, const char *name)
 
 	if (err)
 		return err == -EAGAIN || err == -EACCES ? -EBUSY : err;
-	if (atomic_load_explicit(&seg->hdr->life, memory_order_acquire) !=
-	    KV_LIFE_MIGRATING)
+	if (!kv__resizing(atomic_load_explicit(&seg->hdr->life,
+					       memory_order_acquire)))
 		goto unlock;
-	if (!name_is(name, seg)) {
+	if (!kv__name_is(name, seg)) {
 		KV_CRASHPOINT();
 		atomic_store_explicit(&seg->hdr->life, KV_LIFE_RETIRED,
 				      memory_order_release);
@@ -250,9 +284,23 @@ static int migrate(struct kv__seg *old, const char *name,
 		err = kv__fs_path(tmp, tmp_path, sizeof(tmp_path));
 	if (!err)
 		err = kv__fs_path(name, path, sizeof(path));
-	KV_CRASHPOINT();
-	if (!err && rename(tmp_path, path))
-		err = -errno;
+	if (!err) {
+		KV_CRASHPOINT();
+		/* release: pairs with seg_now()'s acquire (handle.c); an
+		 * operation that sees the rename's effects sees this */
+		atomic_store_explicit(&old->hdr->life, KV_LIFE_SWITCHING,
+				      memory_order_release);
+		KV_CRASHPOINT();
+		if (rename(tmp_path, path)) {
+			err = -errno;
+			KV_CRASHPOINT();
+			/* the name never moved: MIGRATING again, for the
+			 * undo (or, if we die, for the rescuer) */
+			atomic_store_explicit(&old->hdr->life,
+					      KV_LIFE_MIGRATING,
+					      memory_order_release);
+		}
+	}
 	kv__seg_close(neu);
 	if (err) {
 		kvshm_unlink(tmp);
@@ -286,8 +334,9 @@ int kvshm_resize(const char *name, const struct kvshm_options *opts)
 		err = err == -EAGAIN || err == -EACCES ? -EBUSY : err;
 		goto close;
 	}
-	if (atomic_load_explicit(&old->hdr->life, memory_order_acquire) ==
-	    KV_LIFE_MIGRATING) { /* an earlier resizer died: undo it first */
+	if (kv__resizing(atomic_load_explicit(&old->hdr->life,
+					      memory_order_acquire))) {
+		/* an earlier resizer died: undo it first */
 		kv__ofd_lock(old, KV_RESIZE_LOCK_BYTE, F_UNLCK);
 		err = kv__resize_rollback(old, name);
 		if (!err)
@@ -305,8 +354,10 @@ int kvshm_resize(const char *name, const struct kvshm_options *opts)
 		goto unlock;
 	}
 	err = migrate(old, name, &req);
-	if (err) { /* back to normal service on the old segment */
-		undo_moves(old);
+	/* back to normal service on the old segment; if the undo fails (a
+	 * stripe lock timed out), life stays MIGRATING and the next writer
+	 * that meets a stripe still MOVED redoes it once we unlock */
+	if (err && undo_moves(old) == 0) {
 		KV_CRASHPOINT();
 		atomic_store_explicit(&old->hdr->life, KV_LIFE_LIVE,
 				      memory_order_release);

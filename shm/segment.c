@@ -773,6 +773,7 @@ int kv__seg_open(const char *name, const struct kvshm_options *opts,
 		free(kv);
 		return err;
 	}
+	kv__fork_track_seg(kv); /* a child gets a description of its own */
 	*out = kv;
 	return 0;
 }
@@ -782,7 +783,8 @@ void kv__seg_close(struct kv__seg *kv)
 	if (!kv)
 		return;
 	munmap(kv->base, kv->map_bytes);
-	close(kv->fd); /* drops the janitor lock, if we held it */
+	kv__fork_untrack_seg(kv); /* closes kv->fd, which drops the janitor
+	                             lock if we held it */
 	free(kv);
 }
 

@@ -30,6 +30,18 @@ long kvshm__test_crashpoints(void);
  * into the library pass crash points without calling it again. */
 void kvshm__test_hook(void (*fn)(long point, void *ctx), void *ctx);
 
+/* Called in switch_from() (handle.c) while the handle's switch_lock is
+ * held, if set: the fork tests hold the lock there while another thread
+ * forks. */
+extern void (*kv__test_in_switch)(void);
+
+/* Make the n-th following stripe lock of a resize's undo fail
+ * (-ETIMEDOUT), n >= 1; 0 = off. */
+extern long kv__test_fail_undo;
+/* How long a write waits for a resize that makes no progress, in ns; 0 =
+ * the real 30 s. */
+extern long long kv__test_move_wait_ns;
+
 /* Fault injection: make the n-th following call fail (n >= 1; 0 = off). */
 extern long kv__test_fail_ftruncate, kv__test_fail_mmap,
 	kv__test_fail_getrandom, kv__test_fail_fallocate;

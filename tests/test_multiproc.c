@@ -2,11 +2,16 @@
 /*
  * test_multiproc.c - several processes on one store: handles inherited
  * across fork(), exact counters, racing creators, ADD as a lock, and
- * readers that must never see a torn value while other processes write.
+ * readers that must never see a torn value while other processes write;
+ * a fork()ed child inherits no lock and no role (issue 13 item 7).
  * Children report failure through their exit status; the parent asserts.
  */
 #include "testutil.h"
 
+#include "internal.h"
+#include "testing.h"
+
+#include <pthread.h>
 #include <sched.h>
 
 #define NKIDS 4
@@ -605,6 +610,229 @@ static void test_writers_in_many_processes_on_a_full_store_keep_succeeding(void 
 	tu_check(kv);
 }
 
+
+/* ---- what a child must not inherit (issue 13 item 7) -------------------- */
+
+/* Poll a flag another process sets (10 s at most). */
+static bool wait_flag(_Atomic int *flag)
+{
+	const int64_t end = tu_mono_ms() + 10000;
+
+	while (!atomic_load(flag))
+		if (tu_mono_ms() >= end)
+			return false;
+		else
+			tu_sleep_ms(1);
+	return true;
+}
+
+struct heir {
+	const char *name;
+	_Atomic int child_pid;
+	_Atomic int child_done;      /* the grandchild tried the role */
+	_Atomic int child_heartbeat; /* its kvshm_janitor_heartbeat() */
+	_Atomic int child_release;   /* its kvshm_janitor_release() */
+	_Atomic int parent_ready;    /* the parent checked it still holds it */
+	_Atomic int parent_go;       /* the test lets the parent exit */
+	_Atomic int in_resize;       /* the resizing thread is paused */
+};
+
+/* The grandchild: try what only the janitor may do, then live on (until
+ * the test kills it) holding its copies of the parent's descriptors. */
+static void heir_lives_on(struct heir *a, struct kvshm *kv)
+{
+	alarm(30); /* pending alarms are not inherited: never linger */
+	if (kv) {
+		atomic_store(&a->child_heartbeat, kvshm_janitor_heartbeat(kv));
+		atomic_store(&a->child_release, kvshm_janitor_release(kv));
+	}
+	atomic_store(&a->child_pid, (int)getpid());
+	atomic_store(&a->child_done, 1);
+	for (;;)
+		pause();
+}
+
+/* Child: claim the janitor role, fork a worker, check the role is still
+ * ours after the worker tried to use and release it, then die. */
+static void janitor_then_fork(void *p)
+{
+	struct heir *a = p;
+	struct kvshm *kv = NULL;
+	pid_t pid;
+
+	CHILD_ASSERT_RC(kvshm_open(a->name, NULL, &kv), 0);
+	CHILD_ASSERT_RC(kvshm_janitor_claim(kv), 0);
+	pid = fork();
+	CHILD_ASSERT(pid >= 0);
+	if (pid == 0)
+		heir_lives_on(a, kv);
+	CHILD_ASSERT(wait_flag(&a->child_done));
+	CHILD_ASSERT_RC(kvshm_janitor_heartbeat(kv), 0);
+	atomic_store(&a->parent_ready, 1);
+	CHILD_ASSERT(wait_flag(&a->parent_go));
+	_exit(0); /* the janitor dies; its worker lives on */
+}
+
+static void test_janitor_role_dies_with_the_janitor_not_with_its_forked_child(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct heir *a = tu_shared(sizeof(*a));
+	struct kvshm_stats st;
+	pid_t janitor;
+
+	a->name = fx->name;
+	janitor = tu_spawn(fx, janitor_then_fork, a);
+	assert_true(wait_flag(&a->parent_ready));
+	/* the child's release did not take the role from its live parent */
+	assert_kv(kvshm_janitor_claim(fx->kv), -EBUSY);
+	atomic_store(&a->parent_go, 1);
+	tu_reap(fx, janitor);
+	assert_ok(kvshm_stats(fx->kv, &st));
+	assert_int_equal(st.janitor_alive, 0);
+	assert_ok(kvshm_janitor_claim(fx->kv)); /* while the child lives */
+	assert_kv(atomic_load(&a->child_heartbeat), -EPERM);
+	assert_kv(atomic_load(&a->child_release), -EPERM);
+	kill(atomic_load(&a->child_pid), SIGKILL);
+	assert_ok(kvshm_janitor_release(fx->kv));
+}
+
+/* The resizing thread stops at the first crash point of the resize, the
+ * resize lock held, and stays there until its process dies. */
+static void pause_resize(long point, void *ctx)
+{
+	struct heir *a = ctx;
+
+	(void)point;
+	atomic_store(&a->in_resize, 1);
+	for (;;)
+		pause();
+}
+
+static void *resize_thread(void *p)
+{
+	struct heir *a = p;
+	struct kvshm_options big = tu_opts(0, 8 * TU_MIB);
+
+	kvshm_resize(a->name, &big);
+	return NULL;
+}
+
+/* Child: start a resize in a thread, fork a worker while the thread holds
+ * the resize lock, then die. */
+static void resizer_then_fork(void *p)
+{
+	struct heir *a = p;
+	pthread_t t;
+	pid_t pid;
+
+	kvshm__test_hook(pause_resize, a);
+	CHILD_ASSERT(pthread_create(&t, NULL, resize_thread, a) == 0);
+	CHILD_ASSERT(wait_flag(&a->in_resize));
+	pid = fork();
+	CHILD_ASSERT(pid >= 0);
+	if (pid == 0)
+		heir_lives_on(a, NULL);
+	CHILD_ASSERT(wait_flag(&a->child_done));
+	_exit(0); /* the resizer dies in the middle; its worker lives on */
+}
+
+static void test_resize_lock_dies_with_the_resizer_not_with_its_forked_child(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct heir *a = tu_shared(sizeof(*a));
+	struct kvshm_options big = tu_opts(0, 8 * TU_MIB);
+	struct kvshm_stats st;
+	char buf[8];
+
+	a->name = fx->name;
+	assert_ok(kvshm_set(fx->kv, KS("k"), KS("v"), 0));
+	tu_reap(fx, tu_spawn(fx, resizer_then_fork, a));
+	assert_false(kv__ofd_held(kv__cur(fx->kv), KV_RESIZE_LOCK_BYTE));
+	assert_ok(kvshm_resize(fx->name, &big)); /* while the child lives */
+	assert_ok(kvshm_get(fx->kv, KS("k"), buf, sizeof(buf), NULL));
+	assert_ok(kvshm_stats(fx->kv, &st));
+	assert_int_equal(st.arena_bytes, 8 * TU_MIB);
+	kill(atomic_load(&a->child_pid), SIGKILL);
+	tu_check(fx->kv);
+}
+
+struct switcher {
+	struct kvshm *kv; /* opened before the resize */
+	const char *name;
+	_Atomic int in_switch;
+	_Atomic int switched;
+};
+static struct switcher *the_switcher;
+
+/* Hold the handle's switch_lock for a while, as a slow re-attach would. */
+static void slow_switch(void)
+{
+	atomic_store(&the_switcher->in_switch, 1);
+	tu_sleep_ms(300);
+}
+
+static void *switch_thread(void *p)
+{
+	struct switcher *s = p;
+	char buf[8];
+
+	kvshm_get(s->kv, KS("k"), buf, sizeof(buf), NULL);
+	atomic_store(&s->switched, 1);
+	return NULL;
+}
+
+/* Child: its handle's segment is retired; one thread switches it while
+ * another forks. The grandchild must be able to use the handle. */
+static void fork_during_switch(void *p)
+{
+	struct switcher *s = p;
+	struct kvshm_options big = tu_opts(0, 8 * TU_MIB);
+	char buf[8];
+	pthread_t t;
+	pid_t pid;
+	int status;
+
+	CHILD_ASSERT_RC(kvshm_resize(s->name, &big), 0);
+	the_switcher = s;
+	kv__test_in_switch = slow_switch;
+	CHILD_ASSERT(pthread_create(&t, NULL, switch_thread, s) == 0);
+	pthread_detach(t); /* a child never sees it joined (TSan: a leak) */
+	CHILD_ASSERT(wait_flag(&s->in_switch));
+	pid = fork();
+	CHILD_ASSERT(pid >= 0);
+	if (pid == 0) {
+		kv__test_in_switch = NULL;
+		alarm(5); /* a handle locked for ever: SIGALRM, not a hang */
+		CHILD_ASSERT_RC(kvshm_get(s->kv, KS("k"), buf, sizeof(buf),
+					  NULL), 0);
+		CHILD_ASSERT_RC(kvshm_set(s->kv, KS("k2"), KS("w"), 0), 0);
+		_exit(0);
+	}
+	CHILD_ASSERT(waitpid(pid, &status, 0) == pid);
+	CHILD_ASSERT(wait_flag(&s->switched));
+	if (WIFSIGNALED(status)) {
+		fprintf(stderr, "grandchild killed by signal %d (%s)\n",
+			WTERMSIG(status),
+			WTERMSIG(status) == SIGALRM ? "it hung" : "?");
+		_exit(4);
+	}
+	CHILD_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static void test_fork_while_another_thread_switches_the_handle_leaves_the_child_a_working_handle(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct switcher *s = tu_shared(sizeof(*s));
+	char buf[8];
+
+	assert_ok(kvshm_set(fx->kv, KS("k"), KS("v"), 0));
+	s->kv = fx->kv;
+	s->name = fx->name;
+	tu_reap(fx, tu_spawn(fx, fork_during_switch, s));
+	assert_ok(kvshm_get(fx->kv, KS("k2"), buf, sizeof(buf), NULL));
+	tu_check(fx->kv);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, tu_setup_store, tu_teardown)
 
 int main(void)
@@ -620,6 +848,9 @@ int main(void)
 		T(test_readers_never_see_torn_values_written_by_other_processes),
 		T(test_clear_in_one_process_is_seen_by_all_others),
 		T(test_writers_in_many_processes_on_a_full_store_keep_succeeding),
+		T(test_janitor_role_dies_with_the_janitor_not_with_its_forked_child),
+		T(test_resize_lock_dies_with_the_resizer_not_with_its_forked_child),
+		T(test_fork_while_another_thread_switches_the_handle_leaves_the_child_a_working_handle),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -514,6 +514,256 @@ static void test_cas_versions_stay_unique_across_resizes_and_clear(void **state)
 	tu_check(kv);
 }
 
+
+/* ---- readers after the rename (issue 13 item 3) ------------------------- */
+
+struct rename_arg {
+	const char *name;
+	bool die;         /* killed right after the rename, or only paused */
+	ino_t old_ino;    /* the object the name led to before */
+	_Atomic int renamed;
+	_Atomic int go;
+};
+
+/* At the first crash point after the rename: die, or pause until told. */
+static void after_rename(long point, void *ctx)
+{
+	struct rename_arg *a = ctx;
+	char path[TU_NAME_LEN + 16];
+	struct stat st;
+
+	(void)point;
+	if (atomic_load(&a->renamed) ||
+	    stat(tu_fs_path(a->name, path, sizeof(path)), &st) != 0 ||
+	    st.st_ino == a->old_ino)
+		return;
+	if (a->die)
+		kill(getpid(), SIGKILL);
+	atomic_store(&a->renamed, 1);
+	for (int i = 0; i < 10000 && !atomic_load(&a->go); i++)
+		tu_sleep_ms(1);
+}
+
+static void resize_then_stop(void *p)
+{
+	struct rename_arg *a = p;
+	struct kvshm_options big = tu_opts(0, 8 * TU_MIB);
+
+	kvshm__test_hook(after_rename, a);
+	CHILD_ASSERT_RC(kvshm_resize(a->name, &big), 0);
+}
+
+/* ms until kv reads "new" for k (the first read: 0), or -1 if it still
+ * read the old value after 2 s. */
+static long ms_until_new(struct kvshm *kv)
+{
+	const int64_t start = tu_mono_ms();
+	char buf[8];
+	size_t len;
+
+	do {
+		const int64_t t = tu_mono_ms();
+		assert_ok(kvshm_get(kv, KS("k"), buf, sizeof(buf), &len));
+		if (len == 3 && memcmp(buf, "new", 3) == 0)
+			return (long)(t - start);
+		tu_sleep_ms(100);
+	} while (tu_mono_ms() - start < 2000);
+	return -1;
+}
+
+/* A resizer killed (or stopped) right after its rename; a new opener
+ * writes; handles opened before that only read. The bound of kvshm.h: an
+ * operation that starts after the rename uses the new segment, so the
+ * first read already sees the write. */
+static void readers_follow_the_rename(struct tu_fx *fx, bool die)
+{
+	struct kvshm_options o = tu_opts(0, 4 * TU_MIB);
+	struct kvshm_options ro_opts = tu_opts(KVSHM_RDONLY, 0);
+	struct rename_arg *a = tu_shared(sizeof(*a));
+	struct kvshm *kv, *rw, *ro, *fresh;
+	char path[TU_NAME_LEN + 16], buf[8];
+	struct kvshm_stats st;
+	struct stat sb;
+	long rw_ms, ro_ms;
+	pid_t pid;
+
+	kv = tu_create(fx, &o, &a->name);
+	assert_ok(kvshm_set(kv, KS("k"), KS("old"), 0));
+	rw = tu_open(fx, a->name, NULL);
+	ro = tu_open(fx, a->name, &ro_opts);
+	assert_ok(kvshm_get(rw, KS("k"), buf, sizeof(buf), NULL));
+	assert_ok(kvshm_get(ro, KS("k"), buf, sizeof(buf), NULL));
+	assert_int_equal(stat(tu_fs_path(a->name, path, sizeof(path)), &sb), 0);
+	a->old_ino = sb.st_ino;
+	a->die = die;
+	tu_watchdog(30);
+	pid = tu_spawn(fx, resize_then_stop, a);
+	if (die) {
+		const int status = tu_wait(fx, pid);
+		assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+	} else {
+		while (!atomic_load(&a->renamed))
+			tu_sleep_ms(1);
+	}
+	fresh = tu_open(fx, a->name, NULL);
+	assert_ok(kvshm_stats(fresh, &st));
+	assert_int_equal(st.arena_bytes, 8 * TU_MIB); /* the new segment */
+	assert_ok(kvshm_set(fresh, KS("k"), KS("new"), 0));
+	ro_ms = ms_until_new(ro);
+	rw_ms = ms_until_new(rw);
+	print_message("resizer %s after its rename: the read-only handle read "
+		      "the new value after %ld ms, the read-write one after "
+		      "%ld ms (-1: still the old after 2 s)\n",
+		      die ? "killed" : "stopped", ro_ms, rw_ms);
+	if (!die) {
+		atomic_store(&a->go, 1);
+		tu_reap(fx, pid);
+	}
+	assert_int_equal(ro_ms, 0);
+	assert_int_equal(rw_ms, 0);
+	assert_ok(kvshm_stats(ro, &st));
+	assert_int_equal(st.arena_bytes, 8 * TU_MIB);
+	tu_check(rw); /* rolls a dead resizer's resize forward */
+	assert_ok(kvshm_set(kv, KS("k2"), KS("x"), 0));
+	assert_ok(kvshm_get(fresh, KS("k2"), buf, sizeof(buf), NULL));
+	tu_watchdog(0);
+}
+
+static void test_readers_see_a_write_made_after_a_dead_resizers_rename(void **state)
+{
+	readers_follow_the_rename(tu_fx(state), true);
+}
+
+static void test_readers_see_a_write_made_between_the_rename_and_the_retirement(void **state)
+{
+	readers_follow_the_rename(tu_fx(state), false);
+}
+
+
+/* ---- a failed undo, a slow copy (issue 13 item 9) ----------------------- */
+
+/* A resize that cannot fit fails half-way, and its undo fails too (a
+ * stripe lock "timed out" at the first stripe): the stripes stay MOVED, so
+ * the segment must stay MIGRATING for the next writer to undo them, rather
+ * than be LIVE with stripes that answer -ENOTRECOVERABLE for good. */
+static void test_a_failed_undo_is_redone_by_the_next_writer(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, 8 * TU_MIB), small = tu_opts(0, 2 * TU_MIB);
+	const char *name;
+	struct kvshm *kv;
+	uint8_t v[3000] = {0};
+	uint32_t moved = 0;
+	char k[32];
+	int64_t c;
+
+	o.max_value_bytes = 4096; /* so that a 2 MiB copy starts at all */
+	kv = tu_create(fx, &o, &name);
+	for (int i = 0; i < 1500; i++) { /* ~4.5 MiB of values */
+		key_of(k, sizeof(k), i);
+		assert_ok(kvshm_set(kv, KS(k), v, sizeof(v), 0));
+	}
+	assert_ok(kvshm_incr(kv, KS("ctr"), 5, 0, NULL));
+	kv__test_fail_undo = 1;
+	assert_kv(kvshm_resize(name, &small), -ENOSPC);
+	kv__test_fail_undo = 0;
+	for (uint32_t s = 0; s < kv__cur(kv)->nstripes; s++)
+		moved += !!(atomic_load(&kv__cur(kv)->gens[s]) & KV_GEN_MOVED);
+	print_message("the copy failed after %u of %u stripes, the undo at "
+		      "the first\n", moved, kv__cur(kv)->nstripes);
+	assert_true(moved > 0);
+	/* left for the next writer, not declared LIVE */
+	assert_int_equal(atomic_load(&kv__cur(kv)->hdr->life),
+			 KV_LIFE_MIGRATING);
+	for (int i = 0; i < 1500; i++) {
+		key_of(k, sizeof(k), i);
+		assert_ok(kvshm_set(kv, KS(k), "w", 1, 0));
+		assert_int_equal(kvshm_exists(kv, KS(k)), 1);
+	}
+	assert_ok(kvshm_incr(kv, KS("ctr"), 1, 0, &c));
+	assert_int_equal(c, 6);
+	assert_int_equal(atomic_load(&kv__cur(kv)->hdr->life), KV_LIFE_LIVE);
+	for (uint32_t s = 0; s < kv__cur(kv)->nstripes; s++)
+		assert_false(atomic_load(&kv__cur(kv)->gens[s]) & KV_GEN_MOVED);
+	tu_check(kv);
+}
+
+struct slow_arg {
+	const char *name;
+	uint32_t moved;     /* stripes seen MOVED so far (resizer only) */
+	struct kvshm *kv;   /* the resizer's view of the old segment */
+};
+
+/* Sleep 100 ms each time the resize has copied another stripe: a slow
+ * copy that keeps making progress. */
+static void slow_copy(long point, void *ctx)
+{
+	struct slow_arg *a = ctx;
+	struct kv__seg *seg = kv__cur(a->kv);
+	uint32_t n = a->moved;
+
+	(void)point;
+	while (n < seg->nstripes && (atomic_load(&seg->gens[n]) & KV_GEN_MOVED))
+		n++;
+	if (n != a->moved) {
+		a->moved = n;
+		tu_sleep_ms(100);
+	}
+}
+
+static void slow_resizer(void *p)
+{
+	struct slow_arg *a = p;
+	struct kvshm_options big = tu_opts(0, 8 * TU_MIB);
+
+	CHILD_ASSERT_RC(kvshm_open(a->name, NULL, &a->kv), 0);
+	kvshm__test_hook(slow_copy, a);
+	CHILD_ASSERT_RC(kvshm_resize(a->name, &big), 0);
+}
+
+/* A write that meets stripe 0 moved waits for the whole copy (about 3 s
+ * of 100 ms steps) although the wait for a stalled resize is set to
+ * 300 ms: the bound follows the copy's progress. */
+static void test_a_write_waits_for_a_slow_resize_as_long_as_it_progresses(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, 4 * TU_MIB);
+	struct slow_arg a = {0};
+	struct kvshm *kv = tu_create(fx, &o, &a.name);
+	struct kv__seg *seg = kv__cur(kv);
+	struct kv__key key;
+	char k[32], buf[8];
+	int64_t start, waited;
+	pid_t pid;
+	int i = 0, rc;
+
+	fill(kv);
+	do { /* a key of stripe 0, the first one copied */
+		snprintf(k, sizeof(k), "s0-%d", i++);
+		kv__key_init(seg, &key, k, strlen(k));
+	} while (key.stripe != 0);
+	assert_true(seg->nstripes >= 16);
+	tu_watchdog(60);
+	pid = tu_spawn(fx, slow_resizer, &a);
+	while (!(atomic_load(&seg->gens[0]) & KV_GEN_MOVED))
+		tu_sleep_ms(1);
+	kv__test_move_wait_ns = 300 * 1000 * 1000LL;
+	start = tu_mono_ms();
+	rc = kvshm_set(kv, KS(k), KS("late"), 0);
+	waited = tu_mono_ms() - start;
+	kv__test_move_wait_ns = 0;
+	print_message("a write on stripe 0 of %u waited %lld ms for the copy "
+		      "(no-progress bound 300 ms): %d (%s)\n", seg->nstripes,
+		      (long long)waited, rc, kvshm_strerror(rc));
+	assert_ok(rc);
+	assert_true(waited > 1000);
+	tu_reap(fx, pid);
+	assert_ok(kvshm_get(tu_open(fx, a.name, NULL), KS(k), buf, sizeof(buf),
+			    NULL));
+	verify(kv);
+	tu_watchdog(0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -523,6 +773,10 @@ int main(void)
 		T(test_resizer_killed_anywhere_leaves_a_working_store),
 		T(test_small_resize_killed_at_every_point_then_during_recovery_loses_nothing),
 		T(test_cas_versions_stay_unique_across_resizes_and_clear),
+		T(test_readers_see_a_write_made_after_a_dead_resizers_rename),
+		T(test_readers_see_a_write_made_between_the_rename_and_the_retirement),
+		T(test_a_failed_undo_is_redone_by_the_next_writer),
+		T(test_a_write_waits_for_a_slow_resize_as_long_as_it_progresses),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
