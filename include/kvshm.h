@@ -334,8 +334,12 @@ KVSHM_API int kvshm_expire(struct kvshm *kv, const void *key, size_t klen,
  * expired key is created as delta with TTL init_ttl_ms (0 = store default);
  * an existing counter keeps its TTL. On an existing counter this is one
  * lock-free atomic read-modify-write.
- * Errors: -ENOMSG the key holds a non-counter value (unchanged); -ERANGE the
- * result would overflow int64 (unchanged); -ENOSPC/-E2BIG/-EROFS as put.
+ * A value that is exactly a decimal int64 in text (Redis's rule: an
+ * optional '-', no '+', spaces or leading zeros) is taken as that number:
+ * "32" + 1 becomes the counter 33, keeping the text's TTL.
+ * Errors: -ENOMSG the key holds any other non-counter value (unchanged);
+ * -ERANGE the result would overflow int64 (unchanged); -ENOSPC/-E2BIG/
+ * -EROFS as put.
  */
 KVSHM_API int kvshm_incr(struct kvshm *kv, const void *key, size_t klen,
 			 int64_t delta, uint64_t init_ttl_ms, int64_t *result);

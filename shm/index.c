@@ -632,6 +632,8 @@ int kv__swap_slot(struct kv__seg *kv, uint32_t stripe, struct kv__hit *at,
 			KV_CRASHPOINT();
 			atomic_store_explicit(&o->carry->cvalue, (uint64_t)sum,
 					      memory_order_relaxed);
+			if (o->carried)
+				*o->carried = sum;
 			/* a move's copy keeps the version, and stays
 			 * frozen (as relocate() wrote it) until step 3 */
 			if (o->carry_version)

@@ -289,6 +289,7 @@ struct kv__swap {
 	                             value + carry_delta once it is frozen */
 	int64_t carry_delta;
 	bool carry_version;       /* ... and its version (a move, not a write) */
+	int64_t *carried;         /* if not NULL, gets the value carried */
 };
 
 void kv__key_init(const struct kv__seg *kv, struct kv__key *k, const void *key,

@@ -455,12 +455,52 @@ int kv__expire(struct kv__seg *kv, const void *key, size_t klen,
 /* ---- counters ----------------------------------------------------------- */
 
 /*
+ * A value that is exactly a decimal int64, as Redis's INCR takes it: an
+ * optional '-', then "0" or a digit 1-9 and more digits, nothing else (no
+ * '+', no spaces, no leading zeros, no "-0"). 1 with *out set, else 0.
+ */
+static int parse_decimal(const uint8_t *p, size_t n, int64_t *out)
+{
+	bool neg = n > 0 && p[0] == '-';
+	uint64_t v = 0, limit = neg ? (uint64_t)INT64_MAX + 1 : INT64_MAX;
+	size_t i = neg;
+
+	if (n == 0 || n > 20 || i == n)
+		return 0;
+	if (p[i] == '0')
+		return n == 1 ? (*out = 0, 1) : 0;
+	for (; i < n; i++) {
+		unsigned d = (unsigned)p[i] - '0';
+		if (d > 9 || v > (limit - d) / 10)
+			return 0;
+		v = v * 10 + d;
+	}
+	*out = neg ? (int64_t)(0 - v) : (int64_t)v;
+	return 1;
+}
+
+/* The decimal integer a live bytes item holds, for incr (stripe lock
+ * held): 0 with *value, or -ENOMSG. */
+static int text_counter(struct kv__seg *kv, const struct kv__hit *hit,
+			const struct kv__key *k, int64_t *value)
+{
+	const uint8_t *p = (const uint8_t *)kv__item_at(kv, hit->off) +
+			   KV_ITEM_HDR + k->len;
+
+	return parse_decimal(p, hit->vlen, value) ? 0 : -ENOMSG;
+}
+
+/*
  * incr under the stripe lock: add to a live counter (still by CAS, since
  * lock-free incrs do not take the lock), or, when that is not possible,
  * write a new counter item: a fresh one for a missing or expired key, or a
  * copy carrying the old value plus delta when the old one used up its
- * write count. The new item needs a lane, and lanes come before stripes, so
- * the stripe is unlocked, the item allocated, and the check repeated.
+ * write count, or a counter replacing a value that is decimal text (Redis's
+ * rule: "32" + 1 is the counter 33, with the text's TTL). The new item
+ * needs a lane, and lanes come before stripes, so the stripe is unlocked,
+ * the item allocated, and the check repeated. The result is the value this
+ * call linked, not what the item holds later: once linked, lock-free adds
+ * of other callers may land on it at once.
  */
 static int incr_locked(struct kv__seg *kv, const struct kv__key *k,
 		       int64_t delta, uint64_t init_ttl_ms, int64_t *result)
@@ -473,20 +513,23 @@ static int incr_locked(struct kv__seg *kv, const struct kv__key *k,
 		struct kv__hit hit, where;
 		struct kv__item *it;
 		struct kv__swap sw = {0};
-		int64_t now = 0, expires = 0;
+		int64_t now = 0, expires = 0, value = delta, text = 0;
 		uint64_t old_size = 0, version;
-		bool found, live;
+		bool found, live, is_text;
 
 		err = kv__stripe_lock(kv, k->stripe);
 		if (err)
 			break;
 		found = kv__find_locked(kv, k, &hit);
 		live = found && !kv__is_expired(hit.expires_at, &now);
-		if (live && hit.kind != KV_KIND_COUNTER) {
-			err = -ENOMSG;
-			goto unlock;
-		}
-		if (live) {
+		is_text = live && hit.kind != KV_KIND_COUNTER;
+		if (is_text) {
+			err = text_counter(kv, &hit, k, &text);
+			if (!err && __builtin_add_overflow(text, delta, &value))
+				err = -ERANGE;
+			if (err)
+				goto unlock;
+		} else if (live) {
 			err = kv__counter_add(kv, hit.off, hit.version, delta,
 					      result);
 			if (err != -EAGAIN)
@@ -513,9 +556,12 @@ static int incr_locked(struct kv__seg *kv, const struct kv__key *k,
 			kv__stat_inc(kv, KV_ST_FAIL_INDEX_FULL);
 			goto unlock;
 		}
-		if (live) { /* carry the old value: set by kv__swap_slot() */
+		if (is_text) { /* the text's value + delta, the text's TTL */
+			expires = hit.expires_at;
+		} else if (live) { /* carry the old value: kv__swap_slot() */
 			sw.carry = kv__item_at(kv, a.off);
 			sw.carry_delta = delta;
+			sw.carried = &value;
 			expires = hit.expires_at;
 		} else {
 			expires = expiry_for(kv, init_ttl_ms, 0, &now);
@@ -527,7 +573,7 @@ static int incr_locked(struct kv__seg *kv, const struct kv__key *k,
 				      memory_order_relaxed);
 		atomic_store_explicit(&it->version, version,
 				      memory_order_relaxed);
-		atomic_store_explicit(&it->cvalue, (uint64_t)delta,
+		atomic_store_explicit(&it->cvalue, (uint64_t)value,
 				      memory_order_relaxed);
 		err = kv__swap_slot(kv, k->stripe, &where, k->home,
 				    kv__slot_word(k->hash, a.off,
@@ -536,8 +582,7 @@ static int incr_locked(struct kv__seg *kv, const struct kv__key *k,
 				    (int64_t)a.size - (int64_t)old_size, &sw);
 		if (err)
 			goto unlock;
-		*result = (int64_t)atomic_load_explicit(&it->cvalue,
-							memory_order_relaxed);
+		*result = value;
 		kv__live_add(kv, a.off, (int64_t)a.size);
 		kv__note_expiry(kv, a.off, expires);
 		if (found) {
@@ -570,9 +615,8 @@ int kv__incr(struct kv__seg *kv, const void *key, size_t klen, int64_t delta,
 
 	/* fast path: one lock-free CAS on a live counter */
 	err = kv__read(kv, &k, NULL, 0, &hit);
-	if (err == 1 && !kv__is_expired(hit.expires_at, &now)) {
-		if (hit.kind != KV_KIND_COUNTER)
-			return -ENOMSG;
+	if (err == 1 && !kv__is_expired(hit.expires_at, &now) &&
+	    hit.kind == KV_KIND_COUNTER) {
 		err = kv__counter_add(kv, hit.off, hit.version, delta,
 				      &value);
 		if (err == -ERANGE)

@@ -177,19 +177,20 @@ struct lc_check_opts {
 	size_t budget;  /* search configurations per window before giving up
 			   (0 = 4 million) */
 	FILE *out;      /* where failures are described (NULL = stderr) */
-	/* Check even what a known library bug breaks. KNOWN BUG, found by
-	 * this checker (shm/ops.c incr_locked(), left for its owner): an incr
-	 * that creates a counter returns the counter read back after it was
+	/* Check the result of an incr that creates its counter exactly. A
+	 * bug this checker found (shm/ops.c incr_locked()): such an incr
+	 * returned the counter read back after it was
 	 * published, so a lock-free incr of another process that lands in
 	 * between is counted in both results. Minimal history (torture, no
 	 * kills, no resizes; key absent after the delete):
 	 *   slot 1 delete l:7 -> ok
 	 *   slot 2 [1.519 .. 1.519 ms] incr l:7 by 4 -> ok = 5
 	 *   slot 1 [1.519 .. 1.519 ms] incr l:7 by 1 -> ok = 5
-	 * Unless strict, the result of an incr that creates its counter is
-	 * only required to be more than its delta (the state is still
-	 * exactly the delta). KVSHM_LIN_STRICT=1 turns strict on in the
-	 * tests and the torture. */
+	 * (fixed: incr_locked() now returns the value it linked). Unless
+	 * strict, the result of an incr that creates its counter is only
+	 * required to be more than its delta (the state is still exactly
+	 * the delta). Strict is the default of the tests and the torture;
+	 * KVSHM_LIN_STRICT=0 turns it off. */
 	bool strict;
 	const char *prefix; /* key names, for messages */
 };

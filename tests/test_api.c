@@ -1683,6 +1683,50 @@ static void test_incr_of_non_counter_returns_enomsg_and_leaves_the_value(void **
 	assert_bytes(fx->kv, KS("e"), NULL, 0);
 }
 
+/* Issue 13 item 15: incr takes a value that is exactly a decimal int64
+ * (Redis's rule), turns it into a counter and keeps its TTL; anything else
+ * is still -ENOMSG and unchanged. Old code: -ENOMSG for "32". */
+static void test_incr_on_decimal_text_makes_a_counter(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	static const char *const bad[] = {
+		"+1", " 1", "1 ", "01", "-0", "-", "1.5", "1e3", "0x10",
+		"9223372036854775808", "-9223372036854775809",
+		"123456789012345678901",
+	};
+	int64_t r = 0, ttl;
+	char k[16];
+
+	set_str(fx->kv, "t", "32", 60000);
+	assert_ok(kvshm_incr(fx->kv, KS("t"), 10, 0, &r));
+	assert_int_equal(r, 42);
+	assert_true(item_of(fx->kv, "t", 0).counter);
+	assert_ok(kvshm_counter(fx->kv, KS("t"), &r));
+	assert_int_equal(r, 42);
+	assert_ok(kvshm_ttl(fx->kv, KS("t"), &ttl));
+	assert_true(ttl > 50000 && ttl <= 60000); /* the text's TTL */
+	assert_ok(kvshm_incr(fx->kv, KS("t"), 1, 0, &r)); /* now lock-free */
+	assert_int_equal(r, 43);
+
+	set_str(fx->kv, "z", "0", 0);
+	assert_ok(kvshm_incr(fx->kv, KS("z"), -5, 0, &r));
+	assert_int_equal(r, -5);
+	set_str(fx->kv, "min", "-9223372036854775808", 0);
+	assert_ok(kvshm_incr(fx->kv, KS("min"), 1, 0, &r));
+	assert_int_equal(r, INT64_MIN + 1);
+	set_str(fx->kv, "max", "9223372036854775807", 0);
+	assert_kv(kvshm_incr(fx->kv, KS("max"), 1, 0, &r), -ERANGE);
+	assert_str(fx->kv, "max", "9223372036854775807");
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(k, sizeof(k), "bad%zu", i);
+		set_str(fx->kv, k, bad[i], 0);
+		if (kvshm_incr(fx->kv, KS(k), 1, 0, &r) != -ENOMSG)
+			fail_msg("incr of \"%s\" did not give -ENOMSG", bad[i]);
+		assert_str(fx->kv, k, bad[i]);
+	}
+}
+
 static void test_incr_overflow_returns_erange_and_leaves_the_value(void **state)
 {
 	struct tu_fx *fx = tu_fx(state);
@@ -2563,6 +2607,7 @@ int main(void)
 		T(test_incr_of_missing_key_creates_a_counter_with_delta_and_init_ttl),
 		T(test_incr_of_existing_counter_keeps_its_ttl),
 		T(test_incr_of_non_counter_returns_enomsg_and_leaves_the_value),
+		T(test_incr_on_decimal_text_makes_a_counter),
 		T(test_incr_overflow_returns_erange_and_leaves_the_value),
 		T(test_incr_of_expired_non_counter_creates_a_new_counter),
 		T(test_counter_of_missing_key_returns_enoent_and_zero),

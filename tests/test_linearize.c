@@ -371,7 +371,7 @@ static void run_phase(struct tu_fx *fx, enum phase ph, struct lc_report *all)
 				    .nkeys = NKEYS,
 				    .out = stdout,
 				    .prefix = "lc:",
-				    .strict = env_uint("KVSHM_LIN_STRICT", 0) };
+				    .strict = env_uint("KVSHM_LIN_STRICT", 1) };
 	struct run *a = tu_shared(sizeof(*a));
 	volatile int *stop = tu_shared(sizeof(int));
 	pid_t kids[NPROC + 1];
@@ -445,7 +445,7 @@ static void run_phase(struct tu_fx *fx, enum phase ph, struct lc_report *all)
 	assert_int_equal(rep.failures, 0);
 }
 
-/* ---- the known bug (lincheck.h, lc_check_opts.strict) ------------------ */
+/* ---- a bug it found (lincheck.h, lc_check_opts.strict) ------------------ */
 
 struct race {
 	struct kvshm *kv;
@@ -487,8 +487,8 @@ static void racer(void *p)
 }
 
 /* Two processes incr a key just deleted: the one that creates the counter
- * must return its own delta, not the sum. Fails on the current library
- * (the known bug above), so it runs only with KVSHM_LIN_STRICT=1. */
+ * must return its own delta, not the sum. Failed every run before
+ * incr_locked() returned the value it linked (ops.c). */
 static void test_incr_that_creates_a_counter_returns_its_own_delta(void **state)
 {
 	struct tu_fx *fx = tu_fx(state);
@@ -502,10 +502,8 @@ static void test_incr_that_creates_a_counter_returns_its_own_delta(void **state)
 	pid_t kids[2];
 	int rc;
 
-	if (!env_uint("KVSHM_LIN_STRICT", 0)) {
-		print_message("KNOWN BUG, not run: an incr that creates a "
-			      "counter can return another process's add too "
-			      "(KVSHM_LIN_STRICT=1 runs it)\n");
+	if (!env_uint("KVSHM_LIN_STRICT", 1)) {
+		print_message("not run: KVSHM_LIN_STRICT=0\n");
 		skip();
 	}
 	r = tu_shared(sizeof(*r));

@@ -317,6 +317,32 @@ static void expect_nospace_ok(uint64_t need, const char *what)
 		    have, geo.data_bytes);
 }
 
+/* Redis's rule for a value INCR takes: an optional '-', then "0" or a
+ * nonzero digit and more digits, within int64. Written apart from the
+ * library's parser on purpose. */
+static bool decimal_text(const uint8_t *p, size_t n, int64_t *out)
+{
+	char buf[32];
+	char *end;
+	long long v;
+
+	if (n == 0 || n > 20)
+		return false;
+	memcpy(buf, p, n);
+	buf[n] = 0;
+	for (size_t i = 0; i < n; i++)
+		if (!(buf[i] >= '0' && buf[i] <= '9') && !(i == 0 && buf[i] == '-'))
+			return false;
+	if (buf[0] == '-' ? (n == 1 || buf[1] == '0') : (buf[0] == '0' && n > 1))
+		return false;
+	errno = 0;
+	v = strtoll(buf, &end, 10);
+	if (errno || *end)
+		return false;
+	*out = v;
+	return true;
+}
+
 /* ---- the operations ------------------------------------------------------- */
 
 static void op_get(struct input *in, unsigned k, const uint8_t *key,
@@ -565,19 +591,27 @@ static void op_incr(struct input *in, unsigned k, const uint8_t *key,
 			    b & 0x40 ? NULL : &result);
 
 	t1 = now_ms();
-	if (was_live && !e->counter) {
+	bool was_text = was_live && !e->counter;
+	int64_t base = e->cval;
+	if (was_text && !decimal_text(pattern(e->vseed, e->vlen), e->vlen,
+				      &base)) {
 		EXPECT_RC(rc, -ENOMSG, "incr of a non-counter");
 		return;
 	}
-	if (was_live && __builtin_add_overflow(e->cval, delta, &sum)) {
+	if (was_live && __builtin_add_overflow(base, delta, &sum)) {
 		EXPECT_RC(rc, -ERANGE, "incr that overflows");
 		return;
 	}
-	if (rc == -ENOSPC && !was_live) {
+	if (rc == -ENOSPC && (!was_live || was_text)) {
 		expect_nospace_ok(item_bytes(klen, 0), "incr");
 		return;
 	}
 	EXPECT_RC(rc, 0, "incr");
+	if (was_text) { /* decimal text became a counter, TTL kept */
+		e->counter = true;
+		e->flags = 0;
+		e->vlen = 0;
+	}
 	if (!was_live) {
 		sum = delta;
 		expiry_from_ttl(e, ttl, t0, t1);

@@ -1720,7 +1720,7 @@ static int check_histories(struct lc_report *rep)
 {
 	const char *strict = getenv("KVSHM_LIN_STRICT");
 	struct lc_check_opts o = { .enospc = true, /* KVSHM_NOEVICT */
-				   .strict = strict && *strict == '1',
+				   .strict = !(strict && *strict == '0'),
 				   .nkeys = NLIN,
 				   .out = stderr,
 				   .prefix = "l:" };
