@@ -711,7 +711,7 @@ static int unlink_all_in(struct kv__seg *kv, uint32_t victim)
 				    kv__seg_of(kv, kv__slot_off(w)) != victim)
 					continue;
 				kv__hit_fill(kv, &hit, b, s, w);
-				kv__drop(kv, st, &hit, KV_ST_EVICTIONS);
+				kv__drop(kv, st, &hit, KV_ST_DISCARDED);
 			}
 		}
 		kv__stripe_unlock(kv, st);

@@ -55,6 +55,7 @@ static void check_slot(struct kv__seg *kv, struct report *r, uint64_t b,
 {
 	uint64_t home, size, off = kv__slot_off(w);
 	const struct kv__item *it;
+	size_t klen;
 	struct kv__key k;
 	struct kv__hit first;
 	uint32_t seg, st;
@@ -66,7 +67,15 @@ static void check_slot(struct kv__seg *kv, struct report *r, uint64_t b,
 		return;
 	}
 	it = kv__item_at(kv, off);
-	kv__key_init(kv, &k, (const uint8_t *)it + KV_ITEM_HDR, it->klen);
+	/* one read of klen, bounded by the size just checked: a read-only
+	 * check holds no lock, and a reused item may change under it */
+	klen = it->klen;
+	if (klen == 0 || KV_ITEM_HDR + klen > size) {
+		problem(r, "bucket %llu slot %u: item changed while checked\n",
+			(unsigned long long)b, s);
+		return;
+	}
+	kv__key_init(kv, &k, (const uint8_t *)it + KV_ITEM_HDR, klen);
 	if ((uint32_t)(k.hash >> 32) != it->hash32 ||
 	    !kv__slot_tag_matches(w, k.hash) || k.home != home)
 		problem(r, "bucket %llu slot %u: key hash does not match\n",

@@ -135,7 +135,11 @@
 #include <stdint.h>
 
 #define KV_MAGIC UINT64_C(0x314d48535643564b) /* "KVCSHM1" little-endian */
-#define KV_LAYOUT 2u /* = KVSHM_LAYOUT_VERSION; 2: the cleaner's drain mutex */
+/* = KVSHM_LAYOUT_VERSION. 2: the cleaner's drain mutex. Later changes kept
+ * 2, because a layout-2 build reads them as before: the cleaner's drain_hand
+ * (was pad, 0) and the life state SWITCHING (which an older build attached
+ * to the same store takes for damage while a resize renames). */
+#define KV_LAYOUT 2u
 #define KV_CACHELINE 64u
 #define KV_HEADER_BYTES 4096u
 
@@ -249,7 +253,8 @@ struct kv__header {
 };
 
 /* Bytes of the segment object used as OFD locks (fcntl F_OFD_SETLK): the
- * creator's init lock, and the janitor role. */
+ * creator's init lock, the janitor role, and the resizer's lock. A fork()ed
+ * child gets descriptions of its own (fork.c), so it never holds them. */
 #define KV_INIT_LOCK_BYTE 0
 #define KV_JANITOR_LOCK_BYTE 1
 #define KV_RESIZE_LOCK_BYTE 2
@@ -278,6 +283,8 @@ enum kv__stat {
 	KV_ST_FAIL_NOSPACE, KV_ST_FAIL_INDEX_FULL, KV_ST_FAIL_TOO_BIG,
 	KV_ST_SEGS_RECLAIMED, KV_ST_RELOCATED, KV_ST_LOCK_CONTENDED,
 	KV_ST_LOCK_RECOVERIES, KV_ST_READ_RETRIES, KV_ST_READ_FALLBACKS,
+	KV_ST_DISCARDED, /* damaged slots and items unlinked (not evictions;
+	                    not yet in kvshm_stats) */
 	KV_ST_COUNT
 };
 struct kv__stat_shard {
@@ -323,7 +330,9 @@ struct kv__stripe {
 	alignas(KV_CACHELINE) pthread_mutex_t mutex;
 	uint64_t items;           /* items linked from this stripe (mutex) */
 	uint64_t bytes;           /* their sizes, headers and padding (mutex) */
-	uint64_t vseq;            /* creation ids handed out (mutex) */
+	uint64_t vseq;            /* creation ids handed out (mutex; a resize
+	                             raises a new segment's before publishing
+	                             it, see resize.c) */
 	_Atomic uint64_t wseq;    /* bumped at the end of every locked change
 	                             (release), so a read-only checker can tell
 	                             it raced a writer (acquire) */

@@ -336,7 +336,17 @@ void kv__hit_fill(struct kv__seg *kv, struct kv__hit *hit, uint64_t b,
 	hit->expires_at = atomic_load_explicit(&it->expires_at,
 					       memory_order_relaxed);
 	if (hit->kind == KV_KIND_COUNTER) {
-		counter_load(it, &hit->version, &hit->cvalue);
+		/* lock-free adds kept changing the pair for 1000 reads: take
+		 * the version, then the value, each one it held. Whoever acts
+		 * on the version checks it again with the pair's CAS
+		 * (kv__counter_add, kv__freeze); a value read alone is one the
+		 * counter held during this call. */
+		if (!counter_load(it, &hit->version, &hit->cvalue)) {
+			hit->version = atomic_load_explicit(
+				&it->version, memory_order_acquire);
+			hit->cvalue = atomic_load_explicit(
+				&it->cvalue, memory_order_acquire);
+		}
 		hit->version &= ~KV_VER_FROZEN;
 	} else {
 		hit->version = atomic_load_explicit(&it->version,
@@ -850,7 +860,7 @@ bool kv__slot_sane(struct kv__seg *kv, uint64_t b, uint64_t w, uint64_t *home,
 /*
  * Rebuild a stripe's derived state from its slots (stripe lock held, owner
  * dead): every seq even, insane slots cleared (they were never trustworthy:
- * counted as lost), overflow counts and totals recounted, counters left
+ * counted as KV_ST_DISCARDED), overflow counts and totals recounted, counters left
  * frozen unfrozen. Bounded by stripe_buckets * KV_BUCKET_SLOTS.
  */
 static void stripe_rebuild(struct kv__seg *kv, uint32_t stripe)
@@ -887,7 +897,7 @@ static void stripe_rebuild(struct kv__seg *kv, uint32_t stripe)
 				KV_CRASHPOINT(); /* the bucket is odd */
 				atomic_store_explicit(&bk->slot[s], 0,
 						      memory_order_release);
-				kv__stat_inc(kv, KV_ST_EVICTIONS);
+				kv__stat_inc(kv, KV_ST_DISCARDED);
 				continue;
 			}
 			items++;

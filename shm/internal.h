@@ -422,6 +422,8 @@ void kv__fork_untrack_handle(struct kvshm *h);
 int kv__resize_rollback(struct kv__seg *seg, const char *name);
 bool kv__resizing(uint64_t life);
 bool kv__name_is(const char *name, struct kv__seg *seg);
+
+/* ---- segment.c, for resize.c and the janitor ---- */
 bool kv__janitor_lock_held(struct kv__seg *kv);
 uint64_t kv__abi_fingerprint(void);
 uint64_t kv__header_check(const struct kv__header *h);

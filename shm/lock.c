@@ -3,7 +3,8 @@
  * lock.c - robust process-shared mutexes: initialisation, timed acquisition,
  * and the one place where a dead owner's lock is taken over (the
  * EOWNERDEAD path). Knows nothing about what the locks protect: each caller
- * passes the repair function for its own critical sections.
+ * passes the repair function for its own critical sections. Writes shared
+ * memory only in the mutexes themselves and the lock statistics.
  */
 #include "internal.h"
 #ifdef KVSHM_TESTING

@@ -4,7 +4,8 @@
  * write modes. Builds every operation from index.c (find, read, swap a
  * slot) and alloc.c (write an unlinked item); touches shared memory only
  * through them, plus an item's expiry and header fields before it is
- * linked.
+ * linked, a linked item's expiry and its stripe's wseq (expire, under the
+ * stripe lock), and the header's clear_gen (clear).
  */
 #include "internal.h"
 

@@ -2,8 +2,9 @@
 /*
  * segment.c - naming, creating, attaching and detaching stores: the
  * segment's geometry, its secure creation, the create/attach race, and the
- * checks made before anything is mapped. Writes shared memory only while
- * initialising a segment nobody else can use yet.
+ * checks made before anything is mapped, and the janitor role. Writes
+ * shared memory while initialising a segment nobody else can use yet, and
+ * the janitor's record in the header (only as the role's holder).
  *
  * CREATE/ATTACH RACE. The creator makes the object with O_EXCL, takes an
  * exclusive OFD lock on its first byte, sizes it, initialises it, and
