@@ -102,8 +102,13 @@ static int write_new(struct kv__seg *kv, const struct kv__key *k,
 		int r = kv__read(kv, k, NULL, 0, &old);
 		if (r < 0 && r != -EAGAIN)
 			return r;
-		if (r >= 0) { /* -EAGAIN: the lock decides */
-			live = r == 1 && !kv__is_expired(old.expires_at, &now);
+		/* -EAGAIN, or an expired hit: the lock decides (a locked
+		 * write that found the key live before its TTL ran out may be
+		 * publishing; see lookup()) */
+		if (r == 1 && kv__is_expired(old.expires_at, &now))
+			r = -EAGAIN;
+		if (r >= 0) {
+			live = r == 1;
 			err = write_condition(w, live, &old);
 			if (err)
 				return err;
@@ -122,6 +127,10 @@ static int write_new(struct kv__seg *kv, const struct kv__key *k,
 	if (err)
 		goto out_lane;
 
+	/* the clock again: the pre-check's reading may be long past (the
+	 * allocation may have reclaimed), and a key that expired since must
+	 * not pass as live */
+	now = 0;
 	found = kv__find_locked(kv, k, &old);
 	live = found && !kv__is_expired(old.expires_at, &now);
 	err = write_condition(w, live, &old);
@@ -226,17 +235,27 @@ int kv__put(struct kv__seg *kv, const void *key, size_t klen, const void *val,
 /*
  * Look k up: lock-free first, under the stripe lock if the bucket keeps
  * changing. The value is copied into buf when it fits. Returns 1 (hit),
- * 0 (miss) or a negative errno.
+ * 0 (miss) or a negative errno; *now is the clock it judged expiry by.
+ *
+ * A hit that has expired is looked up again under the lock: a conditional
+ * write (REPLACE, CAS) that found the key live a moment before its TTL ran
+ * out may be publishing its new value, and a reader must not see the key
+ * gone and then back. The lock orders this read after that write. Only
+ * read-only handles, which may not lock, can see that (kvshm.h).
  */
 static int lookup(struct kv__seg *kv, const struct kv__key *k, void *buf,
-		  size_t buflen, struct kv__hit *hit)
+		  size_t buflen, struct kv__hit *hit, int64_t *now)
 {
 	int r = kv__read(kv, k, buf, buflen, hit);
 
-	if (KV_LIKELY(r != -EAGAIN))
-		return r;
-	if (kv->rdonly)
+	if (KV_LIKELY(r != -EAGAIN)) {
+		if (r != 1 || kv->rdonly ||
+		    KV_LIKELY(!kv__is_expired(hit->expires_at, now)))
+			return r;
+		*now = 0; /* judged again after the lock */
+	} else if (kv->rdonly) {
 		return -ETIMEDOUT;
+	}
 	r = kv__stripe_lock(kv, k->stripe);
 	if (r)
 		return r;
@@ -272,7 +291,7 @@ int kv__get_ex(struct kv__seg *kv, const void *key, size_t klen, void *buf,
 	if ((flags & ~(unsigned)KVSHM_GET_STALE) || (!buf && buflen))
 		return -EINVAL;
 	kv__key_init(kv, &k, key, klen);
-	r = lookup(kv, &k, buf, buflen, &hit);
+	r = lookup(kv, &k, buf, buflen, &hit, &now);
 	if (r < 0)
 		return r;
 	stale = r && kv__is_expired(hit.expires_at, &now);
@@ -315,7 +334,7 @@ static int lookup_live(struct kv__seg *kv, const void *key, size_t klen,
 	if (r)
 		return r;
 	kv__key_init(kv, &k, key, klen);
-	r = lookup(kv, &k, NULL, 0, hit);
+	r = lookup(kv, &k, NULL, 0, hit, &now);
 	if (r == 1 && kv__is_expired(hit->expires_at, &now))
 		r = 0;
 	return r;
