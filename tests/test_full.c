@@ -360,6 +360,76 @@ static void test_a_write_never_evicts_the_key_it_is_conditioned_on(void **state)
 	assert_int_equal(wrong, 0);
 }
 
+/* Mutant drain-bit-kept: a read item's second chance lasts about one lap
+ * of the cleaner's hand. Items read once and never again must go once the
+ * hand has passed them twice, like any unread item; if the hand never
+ * cleared the bit, a key read once would stay for ever and crowd out
+ * every new write. */
+static void test_a_second_chance_lasts_one_lap_of_the_hand(void **state)
+{
+	struct kvshm *kv = create_store(state, 0, TU_MIB, 0, 0);
+	char key[32], val[100], buf[100];
+	int n = fill(kv, "k", sizeof(val)), nread = 0, kept = 0;
+
+	for (int i = 0; i < n; i++) { /* every key there is read once */
+		snprintf(key, sizeof(key), "k%d", i);
+		nread += kvshm_get(kv, KS(key), buf, sizeof(buf), NULL) == 0;
+	}
+	memset(val, 'n', sizeof(val));
+	for (int i = 0; i < 5 * n; i++) { /* five times the store, unread */
+		snprintf(key, sizeof(key), "new%d", i);
+		assert_ok(kvshm_set(kv, KS(key), val, sizeof(val), 0));
+	}
+	for (int i = 0; i < n; i++) {
+		snprintf(key, sizeof(key), "k%d", i);
+		kept += kvshm_exists(kv, KS(key)) == 1;
+	}
+	print_message("%d keys read once, then %d new writes: %d of them "
+		      "still there\n", nread, 5 * n, kept);
+	assert_true(nread > n / 2);
+	assert_true(kept < nread / 10);
+	tu_check(kv);
+}
+
+/* Mutant move-takes-floor: when every item was read, the cleaner's first
+ * pass evicts nothing (each only loses its bit) and the moves must leave
+ * the waiting write its room in the destination. If the moves took it, the
+ * destination would be left too full, the next reclaim would find no
+ * destination, and an evicting store would then evict a whole segment at
+ * once. A write still evicts about what it needs. */
+static void test_a_write_evicts_about_what_it_needs_when_all_was_read(
+	void **state)
+{
+	struct kvshm *kv = create_store(state, 0, TU_MIB, 0, 0);
+	struct kvshm_stats st = stats_of(kv);
+	const uint64_t batch_items = st.segment_bytes / 8 / 100 + 2;
+	uint64_t worst = 0, reclaiming = 0;
+	char key[32], val[100], buf[100];
+	int n = fill(kv, "k", sizeof(val));
+
+	for (int i = 0; i < n; i++) {
+		snprintf(key, sizeof(key), "k%d", i);
+		kvshm_get(kv, KS(key), buf, sizeof(buf), NULL);
+	}
+	memset(val, 'n', sizeof(val));
+	for (int i = 0; i < 3 * n; i++) {
+		uint64_t before = stats_of(kv).evictions, d;
+		snprintf(key, sizeof(key), "new%d", i);
+		assert_ok(kvshm_set(kv, KS(key), val, sizeof(val), 0));
+		d = stats_of(kv).evictions - before;
+		reclaiming += d > 0;
+		if (d > worst)
+			worst = d;
+	}
+	print_message("%d items, all read, then %d new writes: %" PRIu64
+		      " needed room, at most %" PRIu64 " evicted by one write "
+		      "(batch bound %" PRIu64 ")\n",
+		      n, 3 * n, reclaiming, worst, batch_items);
+	assert_true(reclaiming > 0);
+	assert_true(worst <= batch_items);
+	tu_check(kv);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -372,6 +442,8 @@ int main(void)
 		T(test_failed_conditional_writes_change_nothing_evicting),
 		T(test_failed_conditional_writes_change_nothing_noevict),
 		T(test_a_write_never_evicts_the_key_it_is_conditioned_on),
+		T(test_a_second_chance_lasts_one_lap_of_the_hand),
+		T(test_a_write_evicts_about_what_it_needs_when_all_was_read),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
