@@ -437,6 +437,50 @@ static void test_a_write_evicts_about_what_it_needs_when_all_was_read(
 	tu_check(kv);
 }
 
+/* Mutant full-dest-kept: a NOEVICT store moves every live item, so a
+ * compaction can leave its destination with less room than the next
+ * write needs. That destination is sealed (compacted later like any
+ * other) and an empty segment becomes the destination; kept instead, no
+ * victim fits in its room and a store less than half full of live data
+ * answers -ENOSPC. Values of mixed sizes, up to a third of a segment,
+ * overwrite 16 keys, and one write in 13 is a small key that stays, so
+ * that every segment holds live items to move. */
+static void test_noevict_store_with_room_takes_overwrites_of_mixed_sizes(
+	void **state)
+{
+	struct kvshm *kv = create_store(state, KVSHM_NOEVICT, TU_MIB, 0, 0);
+	struct kvshm_stats st = stats_of(kv);
+	const size_t most = st.segment_bytes / 3;
+	static char val[65536];
+	uint64_t seed = 7;
+	char key[32];
+	int failed = 0, first = -1;
+
+	assert_true(most <= sizeof(val) && 16 * most < st.data_bytes / 2);
+	memset(val, 'm', sizeof(val));
+	for (int i = 0; i < 20000; i++) {
+		size_t len = 1 + tu_rand(&seed) % most;
+		snprintf(key, sizeof(key), "k%d", (int)(tu_rand(&seed) % 16));
+		if (i % 13 == 0) {
+			snprintf(key, sizeof(key), "stays%d", i);
+			len = 100;
+		}
+		int rc = kvshm_set(kv, KS(key), val, len, 0);
+		if (rc) {
+			assert_kv(rc, -ENOSPC);
+			if (first < 0)
+				first = i;
+			failed++;
+		}
+	}
+	print_message("20,000 overwrites of 16 keys, 1 to %zu bytes, in a "
+		      "NOEVICT store: %d failed (first at %d), %" PRIu64
+		      " reclaims\n", most, failed, first,
+		      stats_of(kv).segments_reclaimed);
+	assert_int_equal(failed, 0);
+	tu_check(kv);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -451,6 +495,7 @@ int main(void)
 		T(test_a_write_never_evicts_the_key_it_is_conditioned_on),
 		T(test_a_second_chance_lasts_one_lap_of_the_hand),
 		T(test_a_write_evicts_about_what_it_needs_when_all_was_read),
+		T(test_noevict_store_with_room_takes_overwrites_of_mixed_sizes),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
