@@ -922,6 +922,67 @@ static void test_incr_that_creates_a_counter_returns_what_it_linked(
 	tu_check(kv);
 }
 
+/* Mutant full-dest-kept: a reclaim killed after its moves filled the
+ * destination (or one whose own key could not be moved) leaves a DEST
+ * with less room than the next write needs. The next reclaim seals it
+ * (it is compacted later like any segment) and takes the spare: it evicts
+ * about what the write needs. A reclaim that kept it would have almost no
+ * room to move into and would evict nearly its whole victim. */
+static void test_a_destination_too_full_for_the_write_is_not_kept(
+	void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, TU_MIB);
+	struct kvshm *kv = tu_create(fx, &o, NULL);
+	struct kv__seg *seg = kv__cur(kv);
+	struct kvshm_stats st;
+	char key[32], val[1000];
+	uint32_t full = KV_NO_SEG;
+	uint64_t batch, before, reclaims, evicted = 0;
+	int i;
+
+	memset(val, 'v', sizeof(val));
+	for (i = 0;; i++) { /* until the store has evicted for a while */
+		snprintf(key, sizeof(key), "k%d", i);
+		assert_ok(kvshm_set(kv, KS(key), val, 100, 0));
+		assert_ok(kvshm_stats(kv, &st));
+		if (st.evictions > 1000)
+			break;
+		assert_true(i < 1000000);
+	}
+	batch = st.segment_bytes / 8 / 100 + 2;
+	assert_true(segments_in_state(seg, KV_SEG_RESERVE) +
+			    segments_in_state(seg, KV_SEG_FREE) >
+		    0);
+	assert_int_equal(segments_in_state(seg, KV_SEG_DEST), 0);
+	for (uint32_t s = 0; s < seg->nsegs && full == KV_NO_SEG; s++)
+		if (atomic_load(&seg->segs[s].state) == KV_SEG_SEALED &&
+		    seg->segment_bytes - atomic_load(&seg->segs[s].used) <
+			    sizeof(val))
+			full = s;
+	assert_true(full != KV_NO_SEG);
+	/* what the killed reclaim left: a full segment as the destination */
+	atomic_store(&seg->segs[full].state, KV_SEG_DEST);
+	reclaims = st.segments_reclaimed;
+	for (i = 0; i < 1000; i++) { /* up to the first write that reclaims */
+		before = st.evictions;
+		snprintf(key, sizeof(key), "big%d", i);
+		assert_ok(kvshm_set(kv, KS(key), val, sizeof(val), 0));
+		assert_ok(kvshm_stats(kv, &st));
+		evicted = st.evictions - before;
+		if (st.segments_reclaimed != reclaims)
+			break;
+	}
+	print_message("the write that reclaimed with a full destination "
+		      "evicted %" PRIu64 " items (batch bound %" PRIu64 ")\n",
+		      evicted, batch);
+	assert_true(st.segments_reclaimed != reclaims);
+	assert_true(evicted <= batch);
+	assert_int_equal(atomic_load(&seg->segs[full].state) == KV_SEG_DEST,
+			 0);
+	tu_check(kv);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -942,6 +1003,7 @@ int main(void)
 		T(test_repair_after_a_published_delete_keeps_the_old_counter_frozen),
 		T(test_compaction_moves_items_with_their_ttl),
 		T(test_incr_that_creates_a_counter_returns_what_it_linked),
+		T(test_a_destination_too_full_for_the_write_is_not_kept),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
