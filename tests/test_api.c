@@ -2190,7 +2190,7 @@ static void test_full_noevict_store_returns_enospc_and_keeps_old_values(void **s
 	struct kvshm *kv = new_store(fx, TU_MIB, KVSHM_NOEVICT, 0, NULL);
 	const int n = fill_until_enospc(kv, "k");
 	struct kvshm_stats st = stats_of(kv);
-	char v[2048];
+	char v[2048]; /* the growing overwrite below writes 2048 bytes */
 	int rc;
 
 	print_message("NOEVICT 1 MiB store: %d x 1 KiB values (%.0f%% of "
@@ -2541,6 +2541,36 @@ static void test_ttl_too_long_to_add_means_never(void **state)
 	assert_int_equal(ttl, -1);
 }
 
+/* Mutant freeze-compares-value: a CAS write or delete_cas on a counter
+ * compares the counter's version, never its value. */
+static void test_cas_and_delete_cas_on_a_counter_check_its_version(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_write cas = {.mode = KVSHM_CAS};
+	struct kvshm_item item;
+	int64_t buf, v;
+
+	/* the right version: the CAS replaces the counter with bytes */
+	assert_ok(kvshm_incr(fx->kv, KS("c"), 7, 0, NULL));
+	assert_ok(kvshm_get_ex(fx->kv, KS("c"), &buf, sizeof(buf), &item, 0));
+	cas.cas = item.cas;
+	assert_ok(kvshm_put(fx->kv, KS("c"), "bytes", 5, &cas, NULL));
+	assert_kv(kvshm_counter(fx->kv, KS("c"), &v), -ENOMSG);
+
+	/* a "version" equal to the value is stale */
+	assert_ok(kvshm_incr(fx->kv, KS("d"), 3, 0, NULL));
+	cas.cas = 3;
+	assert_kv(kvshm_put(fx->kv, KS("d"), "bytes", 5, &cas, NULL), -ESTALE);
+	assert_kv(kvshm_delete_cas(fx->kv, KS("d"), 3), -ESTALE);
+	assert_ok(kvshm_counter(fx->kv, KS("d"), &v));
+	assert_int_equal(v, 3);
+
+	/* delete_cas with the counter's version deletes it */
+	assert_ok(kvshm_get_ex(fx->kv, KS("d"), &buf, sizeof(buf), &item, 0));
+	assert_ok(kvshm_delete_cas(fx->kv, KS("d"), item.cas));
+	assert_int_equal(kvshm_exists(fx->kv, KS("d")), 0);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, tu_setup_store, tu_teardown)
 
 int main(void)
@@ -2635,6 +2665,7 @@ int main(void)
 		T(test_scan_never_hands_over_a_key_that_expired_during_it),
 		T(test_keepttl_on_an_expired_key_does_not_keep_the_past_expiry),
 		T(test_ttl_too_long_to_add_means_never),
+		T(test_cas_and_delete_cas_on_a_counter_check_its_version),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

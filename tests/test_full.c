@@ -297,14 +297,16 @@ static void test_failed_conditional_writes_change_nothing_noevict(void **state)
 
 /* Make "lock" the one unread item of the store's least-live segment, with
  * no room left: the next write that needs 40,000 bytes reclaims that
- * segment, where the cleaner's first eviction would be "lock". */
-static void make_lock_the_next_victim(struct kvshm *kv)
+ * segment, where the cleaner's first eviction would be "lock". Returns its
+ * version (from the write: reading it would give it a second chance). */
+static uint64_t make_lock_the_next_victim(struct kvshm *kv)
 {
 	char key[32], val[100], buf[100];
+	uint64_t cas = 0;
 	int n;
 
 	memset(val, 'v', sizeof(val));
-	assert_ok(kvshm_set(kv, KS("lock"), val, sizeof(val), 0));
+	assert_ok(kvshm_put(kv, KS("lock"), val, sizeof(val), NULL, &cas));
 	for (n = 0;; n++) {
 		struct kvshm_stats st = stats_of(kv);
 		if (st.free_segments == 0 && st.largest_free_bytes < 40000)
@@ -318,6 +320,7 @@ static void make_lock_the_next_victim(struct kvshm *kv)
 		snprintf(key, sizeof(key), "fill%d", i);
 		assert_ok(kvshm_delete(kv, KS(key)));
 	}
+	return cas;
 }
 
 /* Issue 13 item 11: a write's own reclaim never evicts the key it is
@@ -334,14 +337,18 @@ static void test_a_write_never_evicts_the_key_it_is_conditioned_on(void **state)
 	for (int m = 0; m < 3; m++) {
 		struct kvshm *kv = create_store(state, 0, TU_MIB, 0, 0);
 		struct kvshm_write w = {.mode = modes[m]};
-		struct kvshm_item item;
 		uint64_t reclaims;
 		int rc, want = modes[m] == KVSHM_ADD ? -EEXIST : 0;
 
-		make_lock_the_next_victim(kv);
-		assert_kv(kvshm_get_ex(kv, KS("lock"), NULL, 0, &item, 0),
-			  -ENOBUFS);
-		w.cas = item.cas;
+		w.cas = make_lock_the_next_victim(kv);
+		/* REPLACE and CAS: "lock" stays unread, the first item the
+		 * reclaim would evict (mutant own-key-evicted: a read here gave
+		 * it a second chance, and the test could not fail). ADD needs
+		 * no room; the plain write after it, which may evict "lock",
+		 * must not, because it was read. */
+		if (modes[m] == KVSHM_ADD)
+			assert_kv(kvshm_get(kv, KS("lock"), NULL, 0, NULL),
+				  -ENOBUFS);
 		reclaims = stats_of(kv).segments_reclaimed;
 		rc = kvshm_put(kv, KS("lock"), big, sizeof(big), &w, NULL);
 		print_message("mode %u on the next victim's unread key: %d (%s), "
@@ -360,6 +367,120 @@ static void test_a_write_never_evicts_the_key_it_is_conditioned_on(void **state)
 	assert_int_equal(wrong, 0);
 }
 
+/* Mutant drain-bit-kept: a read item's second chance lasts about one lap
+ * of the cleaner's hand. Items read once and never again must go once the
+ * hand has passed them twice, like any unread item; if the hand never
+ * cleared the bit, a key read once would stay for ever and crowd out
+ * every new write. */
+static void test_a_second_chance_lasts_one_lap_of_the_hand(void **state)
+{
+	struct kvshm *kv = create_store(state, 0, TU_MIB, 0, 0);
+	char key[32], val[100], buf[100];
+	int n = fill(kv, "k", sizeof(val)), nread = 0, kept = 0;
+
+	for (int i = 0; i < n; i++) { /* every key there is read once */
+		snprintf(key, sizeof(key), "k%d", i);
+		nread += kvshm_get(kv, KS(key), buf, sizeof(buf), NULL) == 0;
+	}
+	memset(val, 'n', sizeof(val));
+	for (int i = 0; i < 5 * n; i++) { /* five times the store, unread */
+		snprintf(key, sizeof(key), "new%d", i);
+		assert_ok(kvshm_set(kv, KS(key), val, sizeof(val), 0));
+	}
+	for (int i = 0; i < n; i++) {
+		snprintf(key, sizeof(key), "k%d", i);
+		kept += kvshm_exists(kv, KS(key)) == 1;
+	}
+	print_message("%d keys read once, then %d new writes: %d of them "
+		      "still there\n", nread, 5 * n, kept);
+	assert_true(nread > n / 2);
+	assert_true(kept < nread / 10);
+	tu_check(kv);
+}
+
+/* Mutant move-takes-floor: when every item was read, the cleaner's first
+ * pass evicts nothing (each only loses its bit) and the moves must leave
+ * the waiting write its room in the destination. If the moves took it, the
+ * destination would be left too full, the next reclaim would find no
+ * destination, and an evicting store would then evict a whole segment at
+ * once. A write still evicts about what it needs. */
+static void test_a_write_evicts_about_what_it_needs_when_all_was_read(
+	void **state)
+{
+	struct kvshm *kv = create_store(state, 0, TU_MIB, 0, 0);
+	struct kvshm_stats st = stats_of(kv);
+	const uint64_t batch_items = st.segment_bytes / 8 / 100 + 2;
+	uint64_t worst = 0, reclaiming = 0;
+	char key[32], val[100], buf[100];
+	int n = fill(kv, "k", sizeof(val));
+
+	for (int i = 0; i < n; i++) {
+		snprintf(key, sizeof(key), "k%d", i);
+		kvshm_get(kv, KS(key), buf, sizeof(buf), NULL);
+	}
+	memset(val, 'n', sizeof(val));
+	for (int i = 0; i < 3 * n; i++) {
+		uint64_t before = stats_of(kv).evictions, d;
+		snprintf(key, sizeof(key), "new%d", i);
+		assert_ok(kvshm_set(kv, KS(key), val, sizeof(val), 0));
+		d = stats_of(kv).evictions - before;
+		reclaiming += d > 0;
+		if (d > worst)
+			worst = d;
+	}
+	print_message("%d items, all read, then %d new writes: %" PRIu64
+		      " needed room, at most %" PRIu64 " evicted by one write "
+		      "(batch bound %" PRIu64 ")\n",
+		      n, 3 * n, reclaiming, worst, batch_items);
+	assert_true(reclaiming > 0);
+	assert_true(worst <= batch_items);
+	tu_check(kv);
+}
+
+/* Mutant full-dest-kept: a NOEVICT store moves every live item, so a
+ * compaction can leave its destination with less room than the next
+ * write needs. That destination is sealed (compacted later like any
+ * other) and an empty segment becomes the destination; kept instead, no
+ * victim fits in its room and a store less than half full of live data
+ * answers -ENOSPC. Values of mixed sizes, up to a third of a segment,
+ * overwrite 16 keys, and one write in 13 is a small key that stays, so
+ * that every segment holds live items to move. */
+static void test_noevict_store_with_room_takes_overwrites_of_mixed_sizes(
+	void **state)
+{
+	struct kvshm *kv = create_store(state, KVSHM_NOEVICT, TU_MIB, 0, 0);
+	struct kvshm_stats st = stats_of(kv);
+	const size_t most = st.segment_bytes / 3;
+	static char val[65536];
+	uint64_t seed = 7;
+	char key[32];
+	int failed = 0, first = -1;
+
+	assert_true(most <= sizeof(val) && 16 * most < st.data_bytes / 2);
+	memset(val, 'm', sizeof(val));
+	for (int i = 0; i < 20000; i++) {
+		size_t len = 1 + tu_rand(&seed) % most;
+		snprintf(key, sizeof(key), "k%d", (int)(tu_rand(&seed) % 16));
+		if (i % 13 == 0) {
+			snprintf(key, sizeof(key), "stays%d", i);
+			len = 100;
+		}
+		int rc = kvshm_set(kv, KS(key), val, len, 0);
+		if (rc) {
+			assert_kv(rc, -ENOSPC);
+			if (first < 0)
+				first = i;
+			failed++;
+		}
+	}
+	print_message("20,000 overwrites of 16 keys, 1 to %zu bytes, in a "
+		      "NOEVICT store: %d failed (first at %d), %" PRIu64
+		      " reclaims\n", most, failed, first,
+		      stats_of(kv).segments_reclaimed);
+	assert_int_equal(failed, 0);
+	tu_check(kv);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -372,6 +493,9 @@ int main(void)
 		T(test_failed_conditional_writes_change_nothing_evicting),
 		T(test_failed_conditional_writes_change_nothing_noevict),
 		T(test_a_write_never_evicts_the_key_it_is_conditioned_on),
+		T(test_a_second_chance_lasts_one_lap_of_the_hand),
+		T(test_a_write_evicts_about_what_it_needs_when_all_was_read),
+		T(test_noevict_store_with_room_takes_overwrites_of_mixed_sizes),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

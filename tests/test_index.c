@@ -575,6 +575,414 @@ static void test_set_into_a_window_of_damaged_slots_fails_cleanly(void **state)
 	tu_check(kv);
 }
 
+/* ---- mutants no test noticed (tests/mutate/mutants) ------------------ */
+
+/* Mutant read-unbounded: a linked item whose header says it runs past the
+ * end of the mapping (damage) is never copied from. The lock-free read
+ * retries (the lock decides, and the locked lookup does not match it); a
+ * read that trusted the length would copy from beyond the mapping. */
+static void test_lock_free_read_refuses_an_item_running_past_the_mapping(
+	void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, 4 * TU_MIB);
+	struct kvshm *h = tu_create(fx, &o, NULL);
+	struct kv__seg *kv = kv__cur(h);
+	static char buf[8192];
+	struct kv__key k;
+	struct kv__hit hit;
+	struct kv__item *fake;
+	uint64_t off, saved, w;
+	size_t len;
+
+	assert_ok(kvshm_set(h, KS("key"), "value", 5, 0));
+	kv__key_init(kv, &k, "key", 3);
+	assert_int_equal(kv__read(kv, &k, NULL, 0, &hit), 1);
+	/* a header in the mapping's last 64 bytes: key "key", 4096 bytes of
+	 * value that would lie past the end */
+	off = (kv->map_bytes - 64) / KV_ITEM_ALIGN * KV_ITEM_ALIGN;
+	assert_true(off >= kv->data_off);
+	assert_true(4096 <= kv->max_value);
+	fake = kv__item_at(kv, off);
+	memset(fake, 0, 64);
+	fake->vlen = 4096;
+	fake->klen = 3;
+	fake->kind = KV_KIND_BYTES;
+	fake->hash32 = (uint32_t)(k.hash >> 32);
+	memcpy((uint8_t *)fake + KV_ITEM_HDR, "key", 3);
+	saved = atomic_load(&kv->buckets[hit.bucket].slot[hit.slot]);
+	w = kv__slot_word(k.hash, off, kv__slot_disp(saved));
+	atomic_store(&kv->buckets[hit.bucket].slot[hit.slot], w);
+
+	assert_kv(kv__read(kv, &k, NULL, 0, &hit), -EAGAIN);
+	assert_kv(kvshm_get(h, KS("key"), buf, sizeof(buf), &len), -ENOENT);
+
+	atomic_store(&kv->buckets[hit.bucket].slot[hit.slot], saved);
+	memset(fake, 0, 64);
+	assert_ok(kvshm_get(h, KS("key"), buf, sizeof(buf), &len));
+	assert_memory_equal(buf, "value", 5);
+	tu_check(h);
+}
+
+/* Incr "ctr" with delta 0 until its write count is used up; returns the
+ * version. */
+static uint64_t wear_out(struct kvshm *kv, const char *key)
+{
+	struct kvshm_item item;
+	int64_t buf;
+
+	for (int i = 0; i < 5000; i++) {
+		assert_ok(kvshm_get_ex(kv, KS(key), &buf, sizeof(buf), &item,
+				       0));
+		if ((item.cas & KV_VER_WRITES_MASK) == KV_VER_WRITES_MASK)
+			return item.cas;
+		assert_ok(kvshm_incr(kv, KS(key), 0, 0, NULL));
+	}
+	fail_msg("the write count of %s was never used up", key);
+	return 0;
+}
+
+/* Mutant carry-no-overflow-check: an incr of a counter whose write count
+ * is used up carries the value into a new item; an overflow there is
+ * -ERANGE like anywhere else, and the counter keeps its value. */
+static void test_incr_that_carries_over_still_refuses_to_overflow(
+	void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, 4 * TU_MIB);
+	struct kvshm *kv = tu_create(fx, &o, NULL);
+	int64_t v = 0;
+
+	assert_ok(kvshm_incr(kv, KS("ctr"), INT64_MAX - 10, 0, &v));
+	wear_out(kv, "ctr");
+	assert_kv(kvshm_incr(kv, KS("ctr"), 100, 0, &v), -ERANGE);
+	assert_ok(kvshm_counter(kv, KS("ctr"), &v));
+	assert_int_equal(v, INT64_MAX - 10);
+	wear_out(kv, "ctr");
+	assert_kv(kvshm_incr(kv, KS("ctr"), INT64_MIN, 0, &v), 0);
+	assert_int_equal(v, -11);
+	tu_check(kv);
+}
+
+/* Mutant worn-out-unchecked: a counter's version is its creation id (the
+ * stripe's sequence and the stripe number, VERSIONS in format.h) and a
+ * count of writes. Once the count is used up the next incr makes a new
+ * item; a count that ran on into the id would make it another stripe's id,
+ * which the stale-incr guard takes for a different item's. */
+static void test_counter_writes_never_run_into_the_creation_id(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, 4 * TU_MIB);
+	struct kvshm *kv = tu_create(fx, &o, NULL);
+	struct kv__seg *seg = kv__cur(kv);
+	struct kvshm_item item;
+	struct kv__key k;
+	int64_t buf;
+	unsigned ids = 1;
+	uint64_t last;
+
+	kv__key_init(seg, &k, "ctr", 3);
+	assert_ok(kvshm_incr(kv, KS("ctr"), 1, 0, NULL));
+	assert_ok(kvshm_get_ex(kv, KS("ctr"), &buf, sizeof(buf), &item, 0));
+	last = item.cas >> KV_VER_ID_SHIFT;
+	for (int i = 0; i < 10000; i++) {
+		assert_ok(kvshm_incr(kv, KS("ctr"), 1, 0, NULL));
+		assert_ok(kvshm_get_ex(kv, KS("ctr"), &buf, sizeof(buf), &item,
+				       0));
+		if (((item.cas >> KV_VER_ID_SHIFT) & 0xffff) !=
+		    (k.stripe & 0xffff))
+			fail_msg("incr %d: version %#" PRIx64 " names stripe "
+				 "%u, the key is in stripe %u", i + 2, item.cas,
+				 (unsigned)((item.cas >> KV_VER_ID_SHIFT) &
+					    0xffff),
+				 (unsigned)k.stripe);
+		ids += (item.cas >> KV_VER_ID_SHIFT) != last;
+		last = item.cas >> KV_VER_ID_SHIFT;
+	}
+	assert_int_equal(buf, 10001);
+	assert_true(ids >= 3); /* 10,000 writes need at least 3 items */
+	tu_check(kv);
+}
+
+/* Keys named "<prefix><n>" whose home bucket is home, n >= *next. */
+static void key_with_home(struct kv__seg *seg, uint64_t home,
+			  const char *prefix, long *next, char *key,
+			  size_t len)
+{
+	struct kv__key k;
+
+	for (;; (*next)++) {
+		snprintf(key, len, "%s%ld", prefix, *next);
+		kv__key_init(seg, &k, key, strlen(key));
+		if (k.home == home) {
+			(*next)++;
+			return;
+		}
+	}
+}
+
+/* Mutant second-chance-never-cleared: when a key's probe window is full,
+ * the index evicts like CLOCK: a read item loses its visited bit as the
+ * hand passes it, and the first item not read since goes. So with every
+ * item of the window read, a key written and read again before each
+ * write into the window survives them; with bits never cleared every slot stays
+ * "visited", the hand wraps to the first slot, and the key read last is
+ * evicted first. */
+static void test_full_probe_window_evicts_an_unread_item_not_the_last_read(
+	void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, 2 * TU_MIB);
+	struct kvshm *kv = tu_create(fx, &o, NULL);
+	struct kv__seg *seg = kv__cur(kv);
+	const unsigned window = KV_MAX_PROBE * KV_BUCKET_SLOTS;
+	struct kvshm_stats st, st2;
+	struct kv__key k;
+	char key[32], x[32], buf[8];
+	long next = 0;
+
+	kv__key_init(seg, &k, "anchor", 6);
+	for (unsigned i = 0; i < window; i++) {
+		key_with_home(seg, k.home, "w", &next, key, sizeof(key));
+		assert_ok(kvshm_set(kv, KS(key), "v", 1, 0));
+		assert_ok(kvshm_get(kv, KS(key), buf, sizeof(buf), NULL));
+	}
+	assert_ok(kvshm_stats(kv, &st));
+	assert_int_equal(st.evictions, 0);
+	/* the window is full and every item in it was read */
+	key_with_home(seg, k.home, "x", &next, x, sizeof(x));
+	assert_ok(kvshm_set(kv, KS(x), "x", 1, 0));
+	for (int i = 0; i < 3; i++) { /* x is read before each write */
+		assert_ok(kvshm_get(kv, KS(x), buf, sizeof(buf), NULL));
+		key_with_home(seg, k.home, "y", &next, key, sizeof(key));
+		assert_ok(kvshm_set(kv, KS(key), "y", 1, 0));
+		assert_int_equal(kvshm_exists(kv, KS(x)), 1);
+	}
+	assert_ok(kvshm_stats(kv, &st2));
+	assert_int_equal(st2.evictions, 4); /* the window stayed full */
+	tu_check(kv);
+}
+
+/* Mutant repair-keeps-frozen (and its mirror): a writer deleting a counter
+ * is killed at each crash point in turn; the next owner of the stripe
+ * repairs it. Where the delete was published, the old counter stays
+ * frozen, so an incr that found it before (a stale {offset, version})
+ * cannot land on the unlinked copy and be lost; where it was not, the
+ * counter is linked and takes incrs again. */
+struct del_ctr {
+	struct kvshm *kv;
+	char key[32];
+	long crash_at;
+};
+
+static void delete_then_die(void *p)
+{
+	struct del_ctr *d = p;
+
+	kvshm__test_crash_after(d->crash_at);
+	(void)kvshm_delete(d->kv, KS(d->key));
+	kvshm__test_crash_after(0);
+	_exit(0);
+}
+
+static void test_repair_after_a_published_delete_keeps_the_old_counter_frozen(
+	void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, 4 * TU_MIB);
+	struct del_ctr d = {0};
+	struct kv__seg *seg;
+	long n, published = 0, undone = 0;
+
+	d.kv = tu_create(fx, &o, NULL);
+	seg = kv__cur(d.kv);
+	for (n = 1; n < 200; n++) {
+		struct kv__key k;
+		struct kv__hit hit, now;
+		int64_t res;
+		int status, r;
+
+		snprintf(d.key, sizeof(d.key), "ctr%ld", n);
+		d.crash_at = n;
+		assert_ok(kvshm_incr(d.kv, KS(d.key), 1, 0, NULL));
+		kv__key_init(seg, &k, d.key, strlen(d.key));
+		assert_int_equal(kv__read(seg, &k, NULL, 0, &hit), 1);
+		status = tu_wait(fx, tu_spawn(fx, delete_then_die, &d));
+		if (WIFEXITED(status))
+			break; /* the delete ran to the end */
+		assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+		assert_ok(kv__stripe_lock(seg, k.stripe)); /* repairs it */
+		kv__stripe_unlock(seg, k.stripe);
+		r = kv__read(seg, &k, NULL, 0, &now);
+		assert_true(r == 0 || r == 1);
+		if (r == 0) {
+			published++;
+			assert_kv(kv__counter_add(seg, hit.off, hit.version, 1,
+						  &res),
+				  -EAGAIN);
+		} else {
+			undone++;
+			assert_int_equal(now.off, hit.off);
+			assert_ok(kv__counter_add(seg, hit.off, hit.version, 1,
+						  &res));
+			assert_int_equal(res, 2);
+		}
+	}
+	print_message("delete of a counter killed at each of its %ld crash "
+		      "points: %ld published, %ld undone\n",
+		      n - 1, published, undone);
+	assert_true(published > 0 && undone > 0);
+	tu_check(d.kv);
+}
+
+/* Mutant relocate-drops-ttl: a compaction moves live items and they keep
+ * their expiry. */
+static void test_compaction_moves_items_with_their_ttl(void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, 4 * TU_MIB);
+	struct kvshm *kv = tu_create(fx, &o, NULL);
+	struct kvshm_stats st, st2;
+	char key[32], val[600];
+	long writes = fill_with_garbage(kv);
+	int64_t ttl;
+	long keys = 0;
+
+	/* every live key gets an hour to live */
+	for (long j = 0; j < writes; j++) {
+		garbage_key(j, key, sizeof(key), val, sizeof(val));
+		if (j % 10 == 0 || j >= writes - 200) {
+			assert_ok(kvshm_expire(kv, KS(key), 3600 * 1000));
+			keys++;
+		}
+	}
+	assert_ok(kvshm_stats(kv, &st));
+	assert_ok(kvshm_sweep(kv, 0, NULL));
+	assert_ok(kvshm_stats(kv, &st2));
+	assert_true(st2.items_relocated > st.items_relocated);
+	assert_int_equal(st2.evictions, st.evictions);
+	for (long j = 0; j < writes; j++) {
+		garbage_key(j, key, sizeof(key), val, sizeof(val));
+		if (j % 10 != 0 && j < writes - 200)
+			continue;
+		assert_ok(kvshm_ttl(kv, KS(key), &ttl));
+		if (ttl <= 0 || ttl > 3600 * 1000)
+			fail_msg("%s: ttl %" PRId64 " after the compaction "
+				 "moved %" PRIu64 " items", key, ttl,
+				 st2.items_relocated - st.items_relocated);
+	}
+	print_message("%ld keys with a TTL, %" PRIu64 " moved: all kept it\n",
+		      keys, st2.items_relocated - st.items_relocated);
+	tu_check(kv);
+}
+
+/* Mutant incr-result-read-back (the bug test_linearize found): an incr
+ * that creates a counter returns the value it linked, even when another
+ * caller's lock-free add lands on the new counter the moment it is
+ * linked. The other caller is a hook run at the crash points the creating
+ * incr passes after the link. */
+struct racer {
+	struct kv__seg *seg;
+	int fired;
+};
+
+static void add_once_linked(long point, void *ctx)
+{
+	struct racer *r = ctx;
+	struct kv__key k;
+	struct kv__hit hit;
+	int64_t res;
+
+	(void)point;
+	if (r->fired)
+		return;
+	kv__key_init(r->seg, &k, "ctr", 3);
+	if (kv__read(r->seg, &k, NULL, 0, &hit) == 1 &&
+	    hit.kind == KV_KIND_COUNTER &&
+	    kv__counter_add(r->seg, hit.off, hit.version, 100, &res) == 0)
+		r->fired = 1;
+}
+
+static void test_incr_that_creates_a_counter_returns_what_it_linked(
+	void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, 4 * TU_MIB);
+	struct kvshm *kv = tu_create(fx, &o, NULL);
+	struct racer r = {.seg = kv__cur(kv)};
+	int64_t v = 0;
+
+	kvshm__test_hook(add_once_linked, &r);
+	assert_ok(kvshm_incr(kv, KS("ctr"), 5, 0, &v));
+	kvshm__test_hook(NULL, NULL);
+	assert_int_equal(r.fired, 1);
+	assert_int_equal(v, 5);
+	assert_ok(kvshm_counter(kv, KS("ctr"), &v));
+	assert_int_equal(v, 105);
+	tu_check(kv);
+}
+
+/* Mutant full-dest-kept: a reclaim killed after its moves filled the
+ * destination (or one whose own key could not be moved) leaves a DEST
+ * with less room than the next write needs. The next reclaim seals it
+ * (it is compacted later like any segment) and takes the spare: it evicts
+ * about what the write needs. A reclaim that kept it would have almost no
+ * room to move into and would evict nearly its whole victim. */
+static void test_a_destination_too_full_for_the_write_is_not_kept(
+	void **state)
+{
+	struct tu_fx *fx = tu_fx(state);
+	struct kvshm_options o = tu_opts(0, TU_MIB);
+	struct kvshm *kv = tu_create(fx, &o, NULL);
+	struct kv__seg *seg = kv__cur(kv);
+	struct kvshm_stats st;
+	char key[32], val[1000];
+	uint32_t full = KV_NO_SEG;
+	uint64_t batch, before, reclaims, evicted = 0;
+	int i;
+
+	memset(val, 'v', sizeof(val));
+	for (i = 0;; i++) { /* until the store has evicted for a while */
+		snprintf(key, sizeof(key), "k%d", i);
+		assert_ok(kvshm_set(kv, KS(key), val, 100, 0));
+		assert_ok(kvshm_stats(kv, &st));
+		if (st.evictions > 1000)
+			break;
+		assert_true(i < 1000000);
+	}
+	batch = st.segment_bytes / 8 / 100 + 2;
+	assert_true(segments_in_state(seg, KV_SEG_RESERVE) +
+			    segments_in_state(seg, KV_SEG_FREE) >
+		    0);
+	assert_int_equal(segments_in_state(seg, KV_SEG_DEST), 0);
+	for (uint32_t s = 0; s < seg->nsegs && full == KV_NO_SEG; s++)
+		if (atomic_load(&seg->segs[s].state) == KV_SEG_SEALED &&
+		    seg->segment_bytes - atomic_load(&seg->segs[s].used) <
+			    sizeof(val))
+			full = s;
+	assert_true(full != KV_NO_SEG);
+	/* what the killed reclaim left: a full segment as the destination */
+	atomic_store(&seg->segs[full].state, KV_SEG_DEST);
+	reclaims = st.segments_reclaimed;
+	for (i = 0; i < 1000; i++) { /* up to the first write that reclaims */
+		before = st.evictions;
+		snprintf(key, sizeof(key), "big%d", i);
+		assert_ok(kvshm_set(kv, KS(key), val, sizeof(val), 0));
+		assert_ok(kvshm_stats(kv, &st));
+		evicted = st.evictions - before;
+		if (st.segments_reclaimed != reclaims)
+			break;
+	}
+	print_message("the write that reclaimed with a full destination "
+		      "evicted %" PRIu64 " items (batch bound %" PRIu64 ")\n",
+		      evicted, batch);
+	assert_true(st.segments_reclaimed != reclaims);
+	assert_true(evicted <= batch);
+	assert_int_equal(atomic_load(&seg->segs[full].state) == KV_SEG_DEST,
+			 0);
+	tu_check(kv);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -588,6 +996,14 @@ int main(void)
 		T(test_a_reclaim_killed_mid_walk_leaves_the_cleaner_mutex_free),
 		T(test_keys_crafted_to_collide_unseeded_spread_under_the_seed),
 		T(test_repair_killed_anywhere_never_hides_a_displaced_key),
+		T(test_lock_free_read_refuses_an_item_running_past_the_mapping),
+		T(test_incr_that_carries_over_still_refuses_to_overflow),
+		T(test_counter_writes_never_run_into_the_creation_id),
+		T(test_full_probe_window_evicts_an_unread_item_not_the_last_read),
+		T(test_repair_after_a_published_delete_keeps_the_old_counter_frozen),
+		T(test_compaction_moves_items_with_their_ttl),
+		T(test_incr_that_creates_a_counter_returns_what_it_linked),
+		T(test_a_destination_too_full_for_the_write_is_not_kept),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
