@@ -293,7 +293,11 @@ KVSHM_API int kvshm_put(struct kvshm *kv, const void *key, size_t klen,
 
 /* Copy key's value into buf and its length into *vlen (vlen may be NULL).
  * Missing or expired: -ENOENT. buf too small: -ENOBUFS with *vlen set to the
- * length needed (buf holds nothing useful). Takes no lock. */
+ * length needed (buf holds nothing useful). Takes no lock, except to decide
+ * on an item whose TTL has run out: a REPLACE or CAS that found it live a
+ * moment before may be publishing, and the lock orders the read after it.
+ * A read-only handle, which may not lock, can see such a key gone for an
+ * instant before that write's value appears. */
 KVSHM_API int kvshm_get(struct kvshm *kv, const void *key, size_t klen,
 			void *buf, size_t buflen, size_t *vlen);
 

@@ -189,6 +189,20 @@ static uint64_t headroom_bytes(const struct kv__seg *kv)
 	return (1 + (uint64_t)kv->nsegs / 32) * kv->segment_bytes;
 }
 
+/* Is k missing or expired, for the headroom? A lock-free look, asked only
+ * when a lane needs a new segment, so writes that fit in their lane pay
+ * nothing for it. Not knowing (the bucket kept changing) counts as an
+ * overwrite: the headroom is a reserve, and refusing an overwrite is what
+ * it exists to prevent. */
+static bool key_is_new(struct kv__seg *kv, const struct kv__key *k)
+{
+	struct kv__hit hit;
+	int64_t now = 0;
+	int r = kv__read(kv, k, NULL, 0, &hit);
+
+	return r == 0 || (r == 1 && kv__is_expired(hit.expires_at, &now));
+}
+
 /* Room a lane could take for the write n describes: the first segment at
  * or after the hand that takes n->bytes, or KV_NO_SEG; a new key in a
  * NOEVICT store must also leave the headroom (cleaner mutex held). */
@@ -283,7 +297,7 @@ static void item_write(struct kv__seg *kv, uint64_t off,
  * Write a new, unlinked item for key k with value val into a lane segment.
  * On success the lane stays locked (a->lane) until kv__alloc_done(), so the
  * caller can link the item first. Reclaims memory when the store is full
- * (how: KV_ALLOC_MAY_EVICT, KV_ALLOC_INSERT), never evicting k itself.
+ * (how: KV_ALLOC_MAY_EVICT, KV_ALLOC_COPY), never evicting k itself.
  * Errors: -E2BIG (can never fit), -ENOSPC, lock errors.
  */
 int kv__alloc_item(struct kv__seg *kv, const struct kv__key *k, const void *val,
@@ -293,9 +307,8 @@ int kv__alloc_item(struct kv__seg *kv, const struct kv__key *k, const void *val,
 	uint64_t size = kv__item_size(k->len, vlen, kind);
 	struct kv__need need = {.bytes = size,
 				.may_evict = how & KV_ALLOC_MAY_EVICT,
-				.insert = how & KV_ALLOC_INSERT,
 				.key = k};
-	bool held = false;
+	bool held = false, ask = kv->noevict && !(how & KV_ALLOC_COPY);
 	uint32_t lane = 0;
 	int err = 0;
 
@@ -303,7 +316,12 @@ int kv__alloc_item(struct kv__seg *kv, const struct kv__key *k, const void *val,
 		kv__stat_inc(kv, KV_ST_FAIL_TOO_BIG);
 		return -E2BIG;
 	}
-	for (unsigned attempt = 0; attempt < 16; attempt++) {
+	/* Other writers may take the room a reclaim made before this lane
+	 * gets to it (a reclaim frees about what one write needs, not a whole
+	 * segment). A reclaim that returns 0 emptied a segment or found room,
+	 * so the store progresses while this write retries; the bound only
+	 * stops one that keeps losing that race. */
+	for (unsigned attempt = 0; attempt < 256; attempt++) {
 		uint32_t s;
 		if (!held) {
 			err = lane_lock(kv, &lane);
@@ -331,6 +349,10 @@ int kv__alloc_item(struct kv__seg *kv, const struct kv__key *k, const void *val,
 						      memory_order_release);
 				return 0;
 			}
+		}
+		if (ask) { /* only now: the headroom (see above) asks */
+			need.insert = key_is_new(kv, k);
+			ask = false;
 		}
 		err = lane_refill(kv, lane, &need);
 		if (err == 0)
@@ -525,7 +547,10 @@ static uint32_t dest_get(struct kv__seg *kv, const struct kv__need *n)
  * used their second chance, so that the next lap reaches those last. A move
  * never takes the destination's last floor bytes, so the waiting write
  * finds room there. The key the write is for is never evicted by its own
- * reclaim: it is moved, or the reclaim fails.
+ * reclaim: it is moved, or the reclaim fails. kill -9 in a pass leaves the
+ * victim DRAINING; the next reclaim walks it again from the start, so the
+ * items whose bit the first pass had cleared lose their second chance
+ * (nothing else: each step is one unlink or move under the stripe lock).
  */
 struct kv__drain {
 	uint32_t victim, dest;

@@ -337,15 +337,17 @@ struct kv__alloc {
 /* kv__alloc_item()'s how */
 enum {
 	KV_ALLOC_MAY_EVICT = 1u << 0, /* the write may evict live items */
-	KV_ALLOC_INSERT = 1u << 1,    /* for a key not in the store: in a
-	                                 NOEVICT store it leaves the headroom
-	                                 kept for overwrites */
+	KV_ALLOC_COPY = 1u << 1,      /* a resize's copy: may use a NOEVICT
+	                                 store's headroom (the old store held
+	                                 it) */
 };
 /* What a write waiting for room needs from a reclaim. */
 struct kv__need {
 	uint64_t bytes;           /* its item's size */
 	bool may_evict;
-	bool insert;              /* KV_ALLOC_INSERT */
+	bool insert;              /* a new key in a NOEVICT store, which
+	                             leaves the headroom; asked only when a
+	                             lane needs a new segment */
 	const struct kv__key *key; /* never evicted for it; may be NULL */
 };
 /* A reclaim evicts at most what a write needs or 1/KV_EVICT_BATCH_DIV of a

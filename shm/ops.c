@@ -75,8 +75,8 @@ static int write_condition(const struct kvshm_write *w, bool live,
  * fill in version and expiry, and swap the slot. Fails without changing the
  * old value; the unlinked item is garbage for the cleaner.
  *
- * A failed call changes nothing: before it allocates (which may evict, or
- * use a NOEVICT store's headroom), a conditional write checks its condition
+ * A failed call changes nothing: before it allocates (which may evict), a
+ * conditional write checks its condition
  * with a lock-free read, the failure's linearization point. Only a write
  * whose condition changed between that read and the lock can fail after
  * allocating; then what its reclaim evicted stays evicted. The reclaim never
@@ -96,9 +96,10 @@ static int write_new(struct kv__seg *kv, const struct kv__key *k,
 	bool found, live;
 	int err;
 
-	unsigned how = may_evict ? KV_ALLOC_MAY_EVICT : 0;
+	unsigned how = (may_evict ? KV_ALLOC_MAY_EVICT : 0) |
+		       (w->opts & KV_WRITE_COPY ? KV_ALLOC_COPY : 0);
 
-	if (w->mode != KVSHM_SET || (kv->noevict && !(w->opts & KV_WRITE_COPY))) {
+	if (w->mode != KVSHM_SET) {
 		int r = kv__read(kv, k, NULL, 0, &old);
 		if (r < 0 && r != -EAGAIN)
 			return r;
@@ -108,12 +109,9 @@ static int write_new(struct kv__seg *kv, const struct kv__key *k,
 		if (r == 1 && kv__is_expired(old.expires_at, &now))
 			r = -EAGAIN;
 		if (r >= 0) {
-			live = r == 1;
-			err = write_condition(w, live, &old);
+			err = write_condition(w, r == 1, &old);
 			if (err)
 				return err;
-			if (!live)
-				how |= KV_ALLOC_INSERT;
 		}
 	}
 	/* The stripe's mutex and the home bucket are the next two cache
@@ -559,9 +557,8 @@ static int incr_locked(struct kv__seg *kv, const struct kv__key *k,
 		if (!have_item) {
 			kv__stripe_unlock(kv, k->stripe);
 			err = kv__alloc_item(kv, k, NULL, 0, KV_KIND_COUNTER,
-					     (kv->noevict ? 0
-							  : KV_ALLOC_MAY_EVICT) |
-						     (live ? 0 : KV_ALLOC_INSERT),
+					     kv->noevict ? 0
+							 : KV_ALLOC_MAY_EVICT,
 					     &a);
 			if (err)
 				return err;
